@@ -1,0 +1,109 @@
+"""`ExpertBank`: M LoRA experts on the vision Q/K/V projections, with per-token hard dispatch.
+
+Each expert m owns A_m^{Q,K,V} (r x D) and B_m^{Q,K,V} (D_out x r) (paper Sec. 3.3: Delta W = B A
+on W_Q, W_K, W_V of the vision branch). The three A's of an expert are stored fused as one
+(D, 3r) matrix so that a token's low-rank code for Q, K and V comes from one matmul.
+
+Two dispatch paths compute the same function:
+
+* ``sorted`` (default): tokens are sorted by expert once per latent step (stable argsort and
+  counts, as Punica / S-LoRA / vLLM do for multi-adapter batches), each expert runs one matmul on
+  its contiguous segment for Q, K and V together, and the result is put back in token order.
+  Work is that of one LoRA, whatever M is.
+* ``dense``: every expert runs on every token and the outputs are mixed by the routing weights.
+  It costs M times as much and is the correctness reference; with the straight-through weights of
+  the Gumbel-softmax it also gives the gate the *exact* straight-through gradient (see ``gate.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .config import DISPATCHES
+
+
+class ExpertBank(nn.Module):
+    """M routed LoRA experts producing additive updates for the Q, K and V projections."""
+
+    def __init__(self, num_experts: int, in_features: int, out_features: int, rank: int, scaling: float):
+        super().__init__()
+        self.num_experts, self.rank, self.scaling = num_experts, rank, scaling
+        self.in_features, self.out_features = in_features, out_features
+        self.lora_A = nn.Parameter(torch.empty(num_experts, in_features, 3 * rank))  # (M, D, 3r): [A_q|A_k|A_v]^T
+        self.lora_B = nn.Parameter(torch.empty(num_experts, 3, rank, out_features))  # (M, 3, r, D_out)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # A as nn.Linear(D, r) is initialised (kaiming-uniform, a=sqrt(5): bound 1/sqrt(D)), B = 0 so that
+        # every expert starts as the identity update (Hu et al. 2021, Sec. 4.1; peft does the same).
+        bound = 1.0 / math.sqrt(self.in_features)
+        nn.init.uniform_(self.lora_A, -bound, bound)
+        nn.init.zeros_(self.lora_B)
+
+    def forward(self, x: Tensor, index: Tensor, weights: Tensor, dispatch: str = "sorted") -> Tensor:
+        """LoRA updates of the selected expert of every token.
+
+        Args:
+            x: (B, N, D) step input.
+            index: (B, N) chosen expert per token.
+            weights: (B, N, M) routing weights; their value is one-hot on ``index`` and they carry the
+                gate's straight-through gradient.
+            dispatch: ``"sorted"`` or ``"dense"``.
+
+        Returns:
+            (3, B, N, D_out): the updates for Q, K and V, ``scaling * w * B_m A_m x``.
+        """
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)  # (n, D) with n = B*N: tokens of all samples share experts
+        idx = index.reshape(-1)
+        w = weights.reshape(-1, self.num_experts)
+        if dispatch == "sorted":
+            out = self._sorted(x2, idx, w.gather(1, idx[:, None]).squeeze(1))
+        elif dispatch == "dense":
+            out = self._dense(x2, w)
+        else:
+            raise ValueError(f"dispatch={dispatch!r} is invalid: allowed values are {DISPATCHES}")
+        return out.view(3, *lead, self.out_features)
+
+    def _segment(self, m: int, x: Tensor, w: Tensor) -> Tensor:
+        """Expert m on a segment of tokens: (n_m, D) -> (3, n_m, D_out)."""
+        h = (x @ self.lora_A[m]) * (w * self.scaling).to(x.dtype)[:, None]  # (n_m, 3r); weight on the small side
+        h = h.view(-1, 3, self.rank).transpose(0, 1)  # (3, n_m, r)
+        return torch.bmm(h, self.lora_B[m].to(h.dtype))  # (3, n_m, D_out)
+
+    def _sorted(self, x: Tensor, idx: Tensor, w: Tensor) -> Tensor:
+        counts = torch.bincount(idx, minlength=self.num_experts).tolist()
+        busy = [m for m, c in enumerate(counts) if c]
+        if len(busy) == 1:  # all tokens on one expert: nothing to sort
+            return self._segment(busy[0], x, w)
+        order = torch.argsort(idx, stable=True)  # one sort, shared by Q, K and V
+        xs, ws = x.index_select(0, order), w.index_select(0, order)
+        pieces = [
+            self._segment(m, xm, wm)
+            for m, xm, wm in zip(range(self.num_experts), xs.split(counts), ws.split(counts))
+            if counts[m]
+        ]
+        ys = torch.cat(pieces, dim=1)  # (3, n, D_out) in sorted order
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return ys.index_select(1, inverse)
+
+    def _dense(self, x: Tensor, w: Tensor) -> Tensor:
+        h = torch.einsum("nd,mdk->mnk", x, self.lora_A.to(x.dtype))  # (M, n, 3r): every expert on every token
+        h = h * (w.t() * self.scaling).to(h.dtype)[..., None]  # mask by the routing weights
+        h = h.view(self.num_experts, -1, 3, self.rank)
+        return torch.einsum("mnjr,mjro->jno", h, self.lora_B.to(h.dtype))  # (3, n, D_out)
+
+    def expert_weights(self, m: int) -> dict[str, tuple[Tensor, Tensor]]:
+        """Expert m as plain LoRA factors per projection: ``{"q": (A (r, D), B (D_out, r)), ...}``."""
+        a, r = self.lora_A[m].detach(), self.rank
+        return {
+            name: (a[:, j * r : (j + 1) * r].t().contiguous(), self.lora_B[m, j].detach().t().contiguous())
+            for j, name in enumerate(("q", "k", "v"))
+        }
+
+    def extra_repr(self) -> str:
+        return f"experts={self.num_experts}, in={self.in_features}, out={self.out_features}, rank={self.rank}"

@@ -1,0 +1,144 @@
+"""`LatentStepGate`: the per-token router of one RSR layer (paper Sec. 3.2, Algorithm 1 lines 11-16).
+
+Logits come from ``x_t + y + step_embedding(t)``: the current state, the timestep/condition
+embedding and a sinusoidal embedding of the latent step t followed by an MLP (DiT's
+``TimestepEmbedder``, here diffusers' ``Timesteps`` + ``TimestepEmbedding``).
+
+Selection (Jang et al. 2017; Maddison et al. 2017): in training mode
+``z = logits + g`` with ``g ~ Gumbel(0, 1)`` drawn in fp32 from the gate's own seeded generator,
+``soft = softmax(z / tau)``, ``m* = argmax z``. The routing weights are
+``hard + (soft - soft.detach())``: their value is exactly one-hot (so the selected update is
+multiplied by exactly 1.0) and their gradient is that of ``soft`` (straight-through).
+
+Which straight-through estimator the gate gets depends on the dispatch path:
+
+* dense dispatch computes every expert's output o_m, so d loss / d soft_m = <dL/dy, o_m> for every m:
+  the exact straight-through estimator of Jang et al.;
+* sorted dispatch computes only the selected expert, so only the selected term
+  <dL/dy, o_{m*}> reaches the gate (as in Switch Transformer's router, Fedus et al. 2022, Sec. 2.1).
+  This is the winner-takes-all gradient allocation the paper cites (Lei et al. 2024), and its cost
+  does not grow with M.
+
+In eval mode the gate takes ``argmax logits`` (deterministic). With ``routing="random"`` each token
+gets a uniformly random expert from the same seeded generator and the gate is not evaluated.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from torch import Tensor, nn
+
+STEP_FREQUENCIES = 256  # width of the sinusoidal latent-step code before the MLP (as DiT's TimestepEmbedder)
+
+
+class GateDecision(NamedTuple):
+    """The routing decision of one latent step."""
+
+    index: Tensor  # (B, N) long: chosen expert per token
+    weights: Tensor  # (B, N, M): one-hot in value, straight-through gradient in training
+    probs: Tensor  # (B, N, M) fp32: softmax(logits), the gate probabilities P_m
+    logits: Tensor | None  # (B, N, M) fp32, differentiable; None when the gate was not evaluated
+
+
+def balance_loss(probs: Tensor, index: Tensor) -> Tensor:
+    """Expert-balance loss ``M * sum_m f_m * P_m`` over all tokens.
+
+    f_m is the fraction of tokens sent to expert m (not differentiable) and P_m the mean gate
+    probability of expert m. This is the Switch Transformer load-balancing loss (Fedus et al. 2022,
+    eqs. 4-6); the paper (Sec. 4.1) uses "the expert balance loss" of Sun et al. 2025 for M > 3
+    without stating it, and we use Switch's form. It equals 1 under uniform routing with uniform
+    probabilities and approaches M when every token goes to one expert with certainty.
+    """
+    m = probs.shape[-1]
+    fraction = F.one_hot(index.reshape(-1), m).to(probs.dtype).mean(0)
+    mean_prob = probs.reshape(-1, m).mean(0)
+    return m * (fraction * mean_prob).sum()
+
+
+class LatentStepGate(nn.Module):
+    """Per-token router over M experts, conditioned on state, condition and latent step."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_experts: int,
+        cond_dim: int | None = None,
+        tau: float = 5.0,
+        routing: str = "learned",
+        gate_input: str = "full",
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.num_experts, self.tau, self.routing, self.gate_input = num_experts, tau, routing, gate_input
+        self.seed = seed
+        self.step_proj = Timesteps(STEP_FREQUENCIES, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.step_embedder = TimestepEmbedding(STEP_FREQUENCIES, dim)
+        cond_dim = dim if cond_dim is None else cond_dim
+        self.cond_proj = nn.Identity() if cond_dim == dim else nn.Linear(cond_dim, dim)
+        self.proj = nn.Linear(dim, num_experts)
+        self._generator: torch.Generator | None = None
+        nn.init.normal_(self.proj.weight, std=0.02)  # near-uniform routing at the start
+        nn.init.zeros_(self.proj.bias)
+
+    # -- randomness -------------------------------------------------------------------------------
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The gate's own generator: Gumbel noise and random routes never touch the global RNG."""
+        if self._generator is None or self._generator.device != torch.device(device):
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(self.seed)
+        return self._generator
+
+    def manual_seed(self, seed: int) -> None:
+        self.seed = seed
+        self._generator = None
+
+    def get_rng_state(self) -> Tensor | None:
+        return None if self._generator is None else self._generator.get_state()
+
+    def set_rng_state(self, state: Tensor, device: torch.device | str = "cpu") -> None:
+        self.generator(torch.device(device)).set_state(state)
+
+    # -- routing ----------------------------------------------------------------------------------
+    def context(self, cond: Tensor | None, latent_steps: int, dtype: torch.dtype) -> Tensor | None:
+        """``y + step_embedding(t)`` for t = 1..T: (T, B, 1, D), or None for the tokens-only ablation."""
+        if self.gate_input == "tokens":
+            return None
+        device = self.proj.weight.device
+        steps = torch.arange(1, latent_steps + 1, device=device)
+        step = self.step_embedder(self.step_proj(steps).to(self.step_embedder.linear_1.weight.dtype))  # (T, D)
+        ctx = step[:, None, None, :]
+        if cond is not None:
+            ctx = ctx + self.cond_proj(cond)[None, :, None, :]  # (T, B, 1, D)
+        return ctx.to(dtype)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, forced: Tensor | None = None) -> GateDecision:
+        """Route every token of ``x`` (B, N, D); ``forced`` (B, N) overrides the choice, keeping the logits."""
+        m, lead = self.num_experts, x.shape[:-1]
+        if m == 1:  # plain LoRA: nothing to route
+            ones = x.new_ones(*lead, 1, dtype=torch.float32)
+            return GateDecision(torch.zeros(lead, dtype=torch.long, device=x.device), ones, ones, None)
+        if self.routing == "random" and forced is None:
+            index = torch.randint(m, lead, generator=self.generator(x.device), device=x.device)
+            probs = x.new_full((*lead, m), 1.0 / m, dtype=torch.float32)
+            return GateDecision(index, F.one_hot(index, m).float(), probs, None)
+        logits = self.proj(x if context is None else x + context).float()  # (B, N, M)
+        probs = logits.softmax(-1)
+        if forced is not None:
+            index = forced.to(device=x.device, dtype=torch.long).expand(lead)
+            return GateDecision(index, F.one_hot(index, m).float(), probs, logits)
+        if not self.training:
+            index = logits.argmax(-1)
+            return GateDecision(index, F.one_hot(index, m).float(), probs, logits)
+        expo = torch.empty_like(logits).exponential_(generator=self.generator(x.device))  # Exp(1)
+        gumbel = -expo.clamp_min(torch.finfo(torch.float32).tiny).log()  # -log Exp(1) ~ Gumbel(0, 1), fp32
+        soft = ((logits + gumbel) / self.tau).softmax(-1)
+        index = soft.argmax(-1)
+        weights = F.one_hot(index, m).float() + (soft - soft.detach())  # exact one-hot value, ST gradient
+        return GateDecision(index, weights, probs, logits)
+
+    def extra_repr(self) -> str:
+        return f"experts={self.num_experts}, tau={self.tau}, routing={self.routing!r}, input={self.gate_input!r}"

@@ -1,0 +1,117 @@
+"""The recursion of Recursive Sparse Reasoning, host-agnostic (paper Sec. 3.3 and Algorithm 1).
+
+With x~ the modulated vision tokens of the block, c~ the modulated text tokens and mod(.) the
+block's own ``alpha * LN(.) + beta``:
+
+    h_1 = x~                              (already modulated: re-modulating would break M=1,T=1 == LoRA)
+    h_t = mod(a~_{t-1})   for t >= 2      (``remodulate=True``; else h_t = a~_{t-1})
+    m*_t = gate(h_t + y + e(t))           (one expert per token)
+    t < T:  [a_t ; c_t] = Attn(B_m* A_m* h_t ; c~),               a~_t = a_t + x~
+    t = T:  [a_T ; c_T] = Attn(B_m* A_m* h_T + W^ x~ ; c~)         (frozen base W^ only at the last step)
+
+Only vision tokens are routed; the text Q/K/V are computed once by the host and reused at every
+step (Algorithm 1, line 8). The host passes them inside its ``attend`` callable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import RSRConfig
+from .experts import ExpertBank
+from .gate import GateDecision, LatentStepGate, balance_loss
+
+QKV = tuple[Tensor, Tensor, Tensor]
+# attend(q, k, v) with vision projections (B, N, D) -> (vision output (B, N, D), text output or None)
+AttendFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor | None]]
+
+
+class RSRStep(NamedTuple):
+    """What the gate decided at one latent step."""
+
+    experts: Tensor  # (B, N) long
+    probs: Tensor  # (B, N, M) fp32 gate probabilities
+    logits: Tensor | None  # (B, N, M) fp32 differentiable logits (None: gate not evaluated)
+
+
+class RSROutput(NamedTuple):
+    """Result of one recursive sparse attention call."""
+
+    vision: Tensor  # (B, N, D) attention output of the vision tokens at step T (before the out-projection)
+    text: Tensor | None  # (B, L, D) attention output of the text tokens at step T
+    steps: tuple[RSRStep, ...]  # one per latent step
+    balance_loss: Tensor  # scalar: unweighted balance loss, mean over latent steps (0 when not routed)
+
+
+class RecursiveSparseReasoning(nn.Module):
+    """The recursive component of one attention layer: an ``ExpertBank`` and a ``LatentStepGate``."""
+
+    def __init__(self, config: RSRConfig, dim: int, out_dim: int | None = None, cond_dim: int | None = None,
+                 layer_index: int = 0):
+        super().__init__()
+        self.config = config
+        self.experts = ExpertBank(config.num_experts, dim, out_dim or dim, config.rank, config.scaling)
+        self.gate = LatentStepGate(
+            dim, config.num_experts, cond_dim=cond_dim, tau=config.gumbel_tau, routing=config.routing,
+            gate_input=config.gate_input, seed=config.seed + 1_000_003 * layer_index,
+        )
+        self.gradient_checkpointing = False  # recompute each intermediate step in backward (saves memory)
+
+    def forward(
+        self,
+        x: Tensor,
+        cond: Tensor | None,
+        base_qkv: Callable[[Tensor], QKV],
+        attend: AttendFn,
+        modulate: Callable[[Tensor], Tensor] | None = None,
+        forced: Tensor | None = None,
+    ) -> RSROutput:
+        """Run the T latent steps.
+
+        Args:
+            x: (B, N, D) modulated vision tokens x~.
+            cond: (B, D_cond) timestep/condition embedding y, or None.
+            base_qkv: frozen W^_{Q,K,V} (with bias) of the host layer.
+            attend: the host's attention given vision Q/K/V (text Q/K/V closed over, computed once).
+            modulate: the block's ``alpha * LN(.) + beta`` for re-modulating the recursive state.
+            forced: (T, B, N) expert indices overriding the gate (``force_routing``).
+        """
+        cfg = self.config
+        steps_total = cfg.latent_steps
+        context = self.gate.context(cond, steps_total, x.dtype)
+        state, steps, losses = x, [], []
+        vision = text = None
+        for t in range(steps_total):
+            last = t == steps_total - 1
+            h = state if t == 0 or not cfg.remodulate or modulate is None else modulate(state)
+            decision = self.gate(h, None if context is None else context[t], None if forced is None else forced[t])
+            steps.append(RSRStep(decision.index, decision.probs, decision.logits))
+            if decision.logits is not None:  # routed by the gate (not M=1, not random routing)
+                losses.append(balance_loss(decision.probs, decision.index))
+            if last:
+                vision, text = self._step(h, decision, base_qkv(x), attend)
+            elif self.gradient_checkpointing and torch.is_grad_enabled():
+                # The gate decision (and its Gumbel noise) stays outside the checkpoint so that
+                # recomputation in backward sees the same route without replaying the generator.
+                vision = checkpoint(self._intermediate, h, decision.index, decision.weights, attend,
+                                    use_reentrant=False)
+                state = vision + x
+            else:
+                vision, _ = self._step(h, decision, None, attend)
+                state = vision + x  # residual to the original modulated tokens (Algorithm 1, line 27)
+        loss = torch.stack(losses).mean() if losses else x.new_zeros((), dtype=torch.float32)
+        return RSROutput(vision, text, tuple(steps), loss)
+
+    def _step(self, h: Tensor, decision: GateDecision, base: QKV | None, attend: AttendFn):
+        dq, dk, dv = self.experts(h, decision.index, decision.weights, self.config.dispatch)
+        if base is not None:  # final step: frozen base projection of x~ plus the selected expert
+            dq, dk, dv = base[0] + dq, base[1] + dk, base[2] + dv
+        return attend(dq, dk, dv)
+
+    def _intermediate(self, h: Tensor, index: Tensor, weights: Tensor, attend: AttendFn) -> Tensor:
+        return self._step(h, GateDecision(index, weights, weights, None), None, attend)[0]
