@@ -10,6 +10,23 @@ from .core import (
     RSRStep,
     balance_loss,
 )
+from .models import (
+    RoutingRecord,
+    RoutingTrace,
+    apply_rsr,
+    aux_loss,
+    checkpoint_info,
+    export_lora,
+    force_routing,
+    load_rsr,
+    remove_rsr,
+    routing_trace,
+    rsr_config,
+    rsr_layers,
+    rsr_parameters,
+    save_rsr,
+    set_step_checkpointing,
+)
 
 __version__ = "0.1.0"
 
@@ -21,5 +38,20 @@ __all__ = [
     "RSROutput",
     "RSRStep",
     "RecursiveSparseReasoning",
+    "RoutingRecord",
+    "RoutingTrace",
+    "apply_rsr",
+    "aux_loss",
     "balance_loss",
+    "checkpoint_info",
+    "export_lora",
+    "force_routing",
+    "load_rsr",
+    "remove_rsr",
+    "routing_trace",
+    "rsr_config",
+    "rsr_layers",
+    "rsr_parameters",
+    "save_rsr",
+    "set_step_checkpointing",
 ]

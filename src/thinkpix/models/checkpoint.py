@@ -1,0 +1,167 @@
+"""RSR weights on disk: ``save_rsr`` / ``load_rsr`` (safetensors only) and ``export_lora`` (diffusers format).
+
+A checkpoint is a folder with ``rsr_config.json`` (the ``RSRConfig``) and ``rsr_weights.safetensors``
+(keys ``layers.<block>.<parameter>``, metadata naming the host class and width). Files are written to
+a temporary name and renamed, so a crash mid-save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import SD3Transformer2DModel
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..core.config import RSRConfig
+from .hosts import _require_install, apply_rsr, check_layers, check_supported, remove_rsr, rsr_install, rsr_layers
+
+CONFIG_NAME = "rsr_config.json"
+WEIGHTS_NAME = "rsr_weights.safetensors"
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _width(transformer: nn.Module, layer: int) -> int:
+    block = transformer.transformer_blocks[layer]
+    return (block.attn if isinstance(transformer, SD3Transformer2DModel) else block.attn1).to_q.in_features
+
+
+def rsr_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        f"layers.{i}.{name}": tensor.detach().contiguous()
+        for i, proc in rsr_layers(transformer).items()
+        for name, tensor in proc.rsr.state_dict().items()
+    }
+
+
+def save_rsr(transformer: nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``rsr_config.json`` and ``rsr_weights.safetensors`` of the installed RSR into folder ``path``."""
+    install = _require_install(transformer)
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "format": "pt",
+        "thinkpix_model_class": type(transformer).__name__,
+        "thinkpix_width": str(_width(transformer, install.config.layers[0])),
+        "thinkpix_num_blocks": str(len(transformer.transformer_blocks)),
+    }
+    tensors = rsr_state_dict(transformer)
+    _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    _atomic_write(out / CONFIG_NAME, lambda tmp: install.config.to_json(tmp))
+    return out
+
+
+def _read_checkpoint(folder: Path) -> tuple[RSRConfig, dict[str, torch.Tensor], dict[str, str]]:
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"RSR checkpoint {folder} has no {name} (expected {CONFIG_NAME} + {WEIGHTS_NAME})")
+    config = RSRConfig.from_json(folder / CONFIG_NAME)
+    try:
+        with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception as err:  # safetensors raises its own error types for truncated/corrupt headers
+        raise ValueError(f"{folder / WEIGHTS_NAME} is not a readable safetensors file (corrupt or truncated): {err}") from err
+    return config, tensors, metadata
+
+
+def _check_fits(transformer: nn.Module, config: RSRConfig, tensors: dict, metadata: dict, folder: Path) -> None:
+    made_for = metadata.get("thinkpix_model_class")
+    if made_for and made_for != type(transformer).__name__:
+        raise ValueError(f"RSR checkpoint {folder} was made for {made_for}, not {type(transformer).__name__}")
+    try:
+        check_layers(transformer, config.layers)
+    except ValueError as err:
+        raise ValueError(f"RSR checkpoint {folder} does not fit this model: {err}") from None
+    expected = rsr_state_dict(transformer)
+    width = _width(transformer, config.layers[0])
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"RSR checkpoint {folder} does not fit: missing keys {missing[:6]}, unexpected {unexpected[:6]}")
+    for key, tensor in expected.items():
+        if tensors[key].shape != tensor.shape:
+            raise ValueError(
+                f"RSR checkpoint {folder} does not fit: {key} has shape {tuple(tensors[key].shape)} in the "
+                f"checkpoint but {tuple(tensor.shape)} in the model (checkpoint made for width "
+                f"{metadata.get('thinkpix_width', '?')}, this model has width {width})"
+            )
+
+
+def load_rsr(transformer: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Apply the checkpoint's ``RSRConfig`` to ``transformer`` (if not yet applied) and load its weights.
+
+    Raises an error that says what does not fit (other width, missing layer, other host, corrupt file);
+    on any error the transformer is left as it was.
+    """
+    check_supported(transformer)
+    folder = Path(path)
+    config, tensors, metadata = _read_checkpoint(folder)
+    install = rsr_install(transformer)
+    if install is not None and install.config != config:
+        raise ValueError(f"this transformer already has RSR with another config ({install.config}); remove_rsr first")
+    fresh = install is None
+    if fresh:
+        apply_rsr(transformer, config)
+    try:
+        _check_fits(transformer, config, tensors, metadata, folder)
+        for i, proc in rsr_layers(transformer).items():
+            prefix = f"layers.{i}."
+            proc.rsr.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    except Exception:
+        if fresh:
+            remove_rsr(transformer)
+        raise
+    return transformer
+
+
+def export_lora(transformer: nn.Module, path: str | os.PathLike) -> Path:
+    """Write an M=1, T=1 RSR (plain LoRA SFT) as a diffusers LoRA file for ``load_lora_weights``.
+
+    The LoRA scale ``alpha / r`` is folded into B, so the file loads with the default alpha = r.
+    """
+    install = _require_install(transformer)
+    cfg = install.config
+    if (cfg.num_experts, cfg.latent_steps) != (1, 1):
+        raise ValueError(
+            f"export_lora needs num_experts=1 and latent_steps=1 (plain LoRA), got M={cfg.num_experts}, "
+            f"T={cfg.latent_steps}: use save_rsr for routed experts"
+        )
+    if not isinstance(transformer, SD3Transformer2DModel):
+        raise TypeError(f"{type(transformer).__name__} has no diffusers LoRA loader; use save_rsr / load_rsr")
+    from diffusers import StableDiffusion3Pipeline
+
+    layers = {}
+    for i, proc in rsr_layers(transformer).items():
+        for name, (a, b) in proc.rsr.experts.expert_weights(0).items():
+            stem = f"transformer_blocks.{i}.attn.to_{name}"
+            layers[f"{stem}.lora_A.weight"] = a.clone()
+            layers[f"{stem}.lora_B.weight"] = (b * cfg.scaling).clone()
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    metadata = {"r": cfg.rank, "lora_alpha": cfg.rank, "target_modules": sorted({k.rsplit(".lora", 1)[0] for k in layers})}
+    StableDiffusion3Pipeline.save_lora_weights(out, transformer_lora_layers=layers, weight_name=LORA_WEIGHTS_NAME,
+                                               transformer_lora_adapter_metadata=metadata)
+    return out / LORA_WEIGHTS_NAME
+
+
+def checkpoint_info(path: str | os.PathLike) -> dict:
+    """Config and metadata of a checkpoint folder, without a model (for CLIs and error messages)."""
+    config, tensors, metadata = _read_checkpoint(Path(path))
+    return {"config": config.to_dict(), "metadata": metadata, "num_tensors": len(tensors),
+            "num_parameters": int(sum(t.numel() for t in tensors.values()))}

@@ -1,0 +1,197 @@
+"""Installing RSR into diffusers transformers: ``apply_rsr``, ``remove_rsr``, ``rsr_parameters``, ``aux_loss``.
+
+Supported hosts (the paper's two, Sec. 4.1):
+
+* ``SD3Transformer2DModel`` (SD3 / MMDiT): ``transformer_blocks[i].attn`` (joint attention); the gate is
+  conditioned on the block's ``temb`` (timestep + pooled text).
+* ``DiTTransformer2DModel`` (DiT): ``transformer_blocks[i].attn1`` (self-attention); the gate is
+  conditioned on ``norm1.emb(timestep, class_labels)``.
+
+``temb`` and the block's modulation never reach an attention processor (``Attention.forward`` passes
+only the hidden states), so forward hooks copy them into the processor's ``BlockCapture``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import DiTTransformer2DModel, SD3Transformer2DModel
+from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProcessor2_0
+from torch import nn
+
+from ..core.config import RSRConfig
+from ..core.recursion import RecursiveSparseReasoning
+from .processors import BlockCapture, RSRAttnProcessor, RSRJointAttnProcessor, RSRSelfAttnProcessor, RSRSession
+
+SUPPORTED_MODELS = (SD3Transformer2DModel, DiTTransformer2DModel)
+
+
+@dataclass
+class RSRInstall:
+    """What ``apply_rsr`` changed on a transformer, so that ``remove_rsr`` can undo it exactly."""
+
+    config: RSRConfig
+    session: RSRSession
+    processors: dict[int, RSRAttnProcessor]
+    original_processors: dict[int, object]
+    requires_grad: dict[str, bool]
+    hooks: list = field(default_factory=list)
+
+
+def _supported_names() -> str:
+    return ", ".join(cls.__name__ for cls in SUPPORTED_MODELS)
+
+
+def check_supported(transformer: nn.Module) -> None:
+    if not isinstance(transformer, SUPPORTED_MODELS):
+        raise TypeError(
+            f"RSR supports {_supported_names()}; got {type(transformer).__name__}. "
+            "Pass the pipeline's transformer (e.g. pipe.transformer)."
+        )
+
+
+def check_layers(transformer: nn.Module, layers: tuple[int, ...]) -> None:
+    depth = len(transformer.transformer_blocks)
+    bad = [i for i in layers if i >= depth]
+    if bad:
+        raise ValueError(
+            f"RSRConfig.layers={list(layers)} has block indices {bad} out of range: "
+            f"{type(transformer).__name__} has {depth} blocks, allowed indices are 0..{depth - 1}"
+        )
+
+
+def rsr_install(transformer: nn.Module) -> RSRInstall | None:
+    return getattr(transformer, "_rsr_install", None)
+
+
+def _require_install(transformer: nn.Module) -> RSRInstall:
+    install = rsr_install(transformer)
+    if install is None:
+        raise ValueError(f"no RSR is installed on this {type(transformer).__name__}: call thinkpix.apply_rsr first")
+    return install
+
+
+def _attention(transformer: nn.Module, block: nn.Module):
+    """(attention module, expected base processor type, processor class) for one block."""
+    if isinstance(transformer, SD3Transformer2DModel):
+        return block.attn, JointAttnProcessor2_0, RSRJointAttnProcessor
+    if getattr(block, "norm_type", None) != "ada_norm_zero":
+        raise NotImplementedError(f"DiT blocks with norm_type={block.norm_type!r} are not supported (need ada_norm_zero)")
+    return block.attn1, AttnProcessor2_0, RSRSelfAttnProcessor
+
+
+def _hook_block(transformer: nn.Module, block: nn.Module, capture: BlockCapture, dim: int) -> list:
+    def modulation(_module, _inputs, out):  # AdaLayerNormZero(X).linear -> shift_msa, scale_msa, ...
+        chunks = out.chunk(out.shape[1] // dim, dim=1)
+        capture.shift, capture.scale = chunks[0], chunks[1]
+
+    hooks = [block.norm1.linear.register_forward_hook(modulation)]
+    if isinstance(transformer, SD3Transformer2DModel):
+        def cond(_module, args, kwargs):  # block(hidden_states, encoder_hidden_states, temb, ...)
+            capture.cond = kwargs["temb"] if "temb" in kwargs else args[2]
+
+        hooks.append(block.register_forward_pre_hook(cond, with_kwargs=True))
+    else:
+        def cond(_module, _inputs, out):  # CombinedTimestepLabelEmbeddings(timestep, class_labels)
+            capture.cond = out
+
+        hooks.append(block.norm1.emb.register_forward_hook(cond))
+    return hooks
+
+
+def _hook_timestep(transformer: nn.Module, session: RSRSession):
+    signature = inspect.signature(type(transformer).forward)
+
+    def grab(module, args, kwargs):
+        bound = signature.bind_partial(module, *args, **kwargs).arguments
+        session.timestep = bound.get("timestep")
+
+    return transformer.register_forward_pre_hook(grab, with_kwargs=True)
+
+
+def apply_rsr(transformer: nn.Module, config: RSRConfig) -> nn.Module:
+    """Install RSR on ``config.layers`` of an SD3 or DiT transformer; freeze every base parameter.
+
+    Only the RSR parameters (``rsr_parameters``) train afterwards. Returns the transformer.
+    """
+    check_supported(transformer)
+    if not isinstance(config, RSRConfig):
+        raise TypeError(f"config must be a thinkpix.RSRConfig, got {type(config).__name__}")
+    if rsr_install(transformer) is not None:
+        raise ValueError("RSR is already installed on this transformer: call thinkpix.remove_rsr first")
+    check_layers(transformer, config.layers)
+    requires_grad = {name: p.requires_grad for name, p in transformer.named_parameters()}
+    session = RSRSession()
+    install = RSRInstall(config, session, {}, {}, requires_grad)
+    transformer.requires_grad_(False)
+    try:
+        for i in config.layers:
+            block = transformer.transformer_blocks[i]
+            attn, base_type, processor_cls = _attention(transformer, block)
+            if type(attn.processor) is not base_type:
+                raise NotImplementedError(
+                    f"block {i} uses {type(attn.processor).__name__}; RSR replaces {base_type.__name__} only "
+                    "(call transformer.set_default_attn_processor() or remove other adapters first)"
+                )
+            dim = attn.to_q.in_features
+            if attn.to_q.out_features != dim:
+                raise NotImplementedError(f"block {i}: RSR needs inner_dim == query_dim, got {attn.to_q}")
+            weight = attn.to_q.weight
+            rsr = RecursiveSparseReasoning(config, dim, cond_dim=dim, layer_index=i).to(weight.device, weight.dtype)
+            capture = BlockCapture(norm=block.norm1.norm)
+            install.hooks += _hook_block(transformer, block, capture, dim)
+            install.original_processors[i] = attn.processor
+            install.processors[i] = processor_cls(rsr, i, capture, session)
+            attn.set_processor(install.processors[i])
+        install.hooks.append(_hook_timestep(transformer, session))
+    except Exception:
+        transformer._rsr_install = install
+        remove_rsr(transformer)
+        raise
+    transformer._rsr_install = install
+    return transformer
+
+
+def remove_rsr(transformer: nn.Module) -> nn.Module:
+    """Restore the original processors and ``requires_grad`` flags: outputs equal those before ``apply_rsr``."""
+    install = _require_install(transformer)
+    for hook in install.hooks:
+        hook.remove()
+    for i, processor in install.original_processors.items():
+        attn, _, _ = _attention(transformer, transformer.transformer_blocks[i])
+        attn.set_processor(processor)
+    for name, p in transformer.named_parameters():
+        p.requires_grad_(install.requires_grad.get(name, p.requires_grad))
+    del transformer._rsr_install
+    return transformer
+
+
+def rsr_layers(transformer: nn.Module) -> dict[int, RSRAttnProcessor]:
+    """The installed RSR processors by block index."""
+    return dict(_require_install(transformer).processors)
+
+
+def rsr_config(transformer: nn.Module) -> RSRConfig:
+    return _require_install(transformer).config
+
+
+def rsr_parameters(transformer: nn.Module) -> list[nn.Parameter]:
+    """The trainable RSR parameters (experts and gates of every RSR layer)."""
+    return [p for proc in rsr_layers(transformer).values() for p in proc.rsr.parameters()]
+
+
+def aux_loss(transformer: nn.Module) -> torch.Tensor:
+    """Weighted balance loss of the latest forward pass, summed over RSR layers."""
+    install = _require_install(transformer)
+    losses = [p.last_balance_loss for p in install.processors.values() if p.last_balance_loss is not None]
+    if not losses:
+        raise ValueError("aux_loss needs a forward pass of the transformer first")
+    return install.config.balance_loss_weight * torch.stack(losses).sum()
+
+
+def set_step_checkpointing(transformer: nn.Module, enabled: bool = True) -> None:
+    """Activation checkpointing across latent steps in every RSR layer."""
+    for proc in rsr_layers(transformer).values():
+        proc.rsr.gradient_checkpointing = enabled
