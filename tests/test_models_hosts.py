@@ -3,10 +3,10 @@
 import pytest
 import torch
 from diffusers import UNet2DModel
-from tiny import dit_inputs, sd3_inputs, tiny_dit, tiny_sd3
 
 import thinkpix
 from thinkpix import RSRConfig, apply_rsr, aux_loss, remove_rsr, rsr_layers, rsr_parameters
+from tiny import dit_inputs, sd3_inputs, tiny_dit, tiny_sd3
 
 HOSTS = {"sd3": (tiny_sd3, sd3_inputs), "dit": (tiny_dit, dit_inputs)}
 

@@ -77,11 +77,14 @@ def _clip_encoder(seed: int) -> CLIPTextModelWithProjection:
     return CLIPTextModelWithProjection(config).eval()
 
 
+def _tiny_vae(**kwargs) -> AutoencoderKL:
+    return AutoencoderKL(block_out_channels=(4,), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=1,
+                         down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",), **kwargs)
+
+
 def tiny_sd3_pipeline(folder: Path) -> StableDiffusion3Pipeline:
     torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(4,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, sample_size=16, norm_num_groups=1,
-                        shift_factor=0.0609, scaling_factor=1.5035)
+    vae = _tiny_vae(sample_size=16, shift_factor=0.0609, scaling_factor=1.5035)
     pipe = StableDiffusion3Pipeline(
         transformer=SD3Transformer2DModel(**SD3_CONFIG), scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
         text_encoder=_clip_encoder(1), tokenizer=_clip_tokenizer(folder / "tok1"),
@@ -94,8 +97,7 @@ def tiny_sd3_pipeline(folder: Path) -> StableDiffusion3Pipeline:
 
 def tiny_dit_pipeline(folder: Path) -> DiTPipeline:
     torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(4,), in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, sample_size=8, norm_num_groups=1)
+    vae = _tiny_vae(sample_size=8)
     pipe = DiTPipeline(transformer=DiTTransformer2DModel(**DIT_CONFIG), vae=vae, scheduler=DDIMScheduler())
     pipe.save_pretrained(folder / "pipe")
     return DiTPipeline.from_pretrained(folder / "pipe")

@@ -76,11 +76,13 @@ def _read_checkpoint(folder: Path) -> tuple[RSRConfig, dict[str, torch.Tensor], 
             metadata = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except Exception as err:  # safetensors raises its own error types for truncated/corrupt headers
-        raise ValueError(f"{folder / WEIGHTS_NAME} is not a readable safetensors file (corrupt or truncated): {err}") from err
+        raise ValueError(
+            f"{folder / WEIGHTS_NAME} is not a readable safetensors file (corrupt or truncated): {err}"
+        ) from err
     return config, tensors, metadata
 
 
-def _check_fits(transformer: nn.Module, config: RSRConfig, tensors: dict, metadata: dict, folder: Path) -> None:
+def _check_host(transformer: nn.Module, config: RSRConfig, metadata: dict, folder: Path) -> None:
     made_for = metadata.get("thinkpix_model_class")
     if made_for and made_for != type(transformer).__name__:
         raise ValueError(f"RSR checkpoint {folder} was made for {made_for}, not {type(transformer).__name__}")
@@ -88,12 +90,17 @@ def _check_fits(transformer: nn.Module, config: RSRConfig, tensors: dict, metada
         check_layers(transformer, config.layers)
     except ValueError as err:
         raise ValueError(f"RSR checkpoint {folder} does not fit this model: {err}") from None
+
+
+def _check_tensors(transformer: nn.Module, config: RSRConfig, tensors: dict, metadata: dict, folder: Path) -> None:
     expected = rsr_state_dict(transformer)
     width = _width(transformer, config.layers[0])
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"RSR checkpoint {folder} does not fit: missing keys {missing[:6]}, unexpected {unexpected[:6]}")
+        raise ValueError(
+            f"RSR checkpoint {folder} does not fit: missing keys {missing[:6]}, unexpected keys {unexpected[:6]}"
+        )
     for key, tensor in expected.items():
         if tensors[key].shape != tensor.shape:
             raise ValueError(
@@ -115,11 +122,12 @@ def load_rsr(transformer: nn.Module, path: str | os.PathLike) -> nn.Module:
     install = rsr_install(transformer)
     if install is not None and install.config != config:
         raise ValueError(f"this transformer already has RSR with another config ({install.config}); remove_rsr first")
+    _check_host(transformer, config, metadata, folder)
     fresh = install is None
     if fresh:
         apply_rsr(transformer, config)
     try:
-        _check_fits(transformer, config, tensors, metadata, folder)
+        _check_tensors(transformer, config, tensors, metadata, folder)
         for i, proc in rsr_layers(transformer).items():
             prefix = f"layers.{i}."
             proc.rsr.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
@@ -154,7 +162,8 @@ def export_lora(transformer: nn.Module, path: str | os.PathLike) -> Path:
             layers[f"{stem}.lora_B.weight"] = (b * cfg.scaling).clone()
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    metadata = {"r": cfg.rank, "lora_alpha": cfg.rank, "target_modules": sorted({k.rsplit(".lora", 1)[0] for k in layers})}
+    targets = sorted({k.rsplit(".lora", 1)[0] for k in layers})
+    metadata = {"r": cfg.rank, "lora_alpha": cfg.rank, "target_modules": targets}
     StableDiffusion3Pipeline.save_lora_weights(out, transformer_lora_layers=layers, weight_name=LORA_WEIGHTS_NAME,
                                                transformer_lora_adapter_metadata=metadata)
     return out / LORA_WEIGHTS_NAME

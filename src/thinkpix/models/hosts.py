@@ -78,7 +78,9 @@ def _attention(transformer: nn.Module, block: nn.Module):
     if isinstance(transformer, SD3Transformer2DModel):
         return block.attn, JointAttnProcessor2_0, RSRJointAttnProcessor
     if getattr(block, "norm_type", None) != "ada_norm_zero":
-        raise NotImplementedError(f"DiT blocks with norm_type={block.norm_type!r} are not supported (need ada_norm_zero)")
+        raise NotImplementedError(
+            f"DiT blocks with norm_type={getattr(block, 'norm_type', None)!r} are not supported (need 'ada_norm_zero')"
+        )
     return block.attn1, AttnProcessor2_0, RSRSelfAttnProcessor
 
 
@@ -140,6 +142,7 @@ def apply_rsr(transformer: nn.Module, config: RSRConfig) -> nn.Module:
                 raise NotImplementedError(f"block {i}: RSR needs inner_dim == query_dim, got {attn.to_q}")
             weight = attn.to_q.weight
             rsr = RecursiveSparseReasoning(config, dim, cond_dim=dim, layer_index=i).to(weight.device, weight.dtype)
+            rsr.train(transformer.training)  # a new module starts in train mode; follow the host's mode
             capture = BlockCapture(norm=block.norm1.norm)
             install.hooks += _hook_block(transformer, block, capture, dim)
             install.original_processors[i] = attn.processor
