@@ -139,13 +139,15 @@ def generate_map(size: int, seed: int, hole_prob: float = 0.2) -> list[str]:
 
     Every other cell is a hole with probability ``hole_prob`` (0.2 matches the default frozen
     probability 0.8 of gymnasium's ``generate_random_map``). Draws are rejected and resampled
-    until BFS finds a path, all from ``numpy.random.default_rng(seed)``, so the map is a pure
-    function of ``(size, seed, hole_prob)``.
+    until BFS finds a path, all from ``numpy.random.default_rng((seed, size))`` (so equal seeds
+    give unrelated maps across sizes), and the map is a pure function of the arguments.
     """
     size = check_size(size)
     if not 0.0 <= hole_prob < 1.0:
         raise ValueError(f"hole_prob must be in [0, 1), got {hole_prob}")
-    rng = np.random.default_rng(seed)
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    rng = np.random.default_rng((int(seed), size))
     while True:
         start, goal = rng.choice(size * size, size=2, replace=False)
         tiles = np.where(rng.random(size * size) < hole_prob, "H", "F")
@@ -165,9 +167,7 @@ def map_split(desc: Sequence[str]) -> str:
     return "heldout" if int.from_bytes(digest, "little") % HELDOUT_BUCKETS == 0 else "train"
 
 
-def map_set(
-    size: int, n: int, split: str = "train", seed: int = 0, hole_prob: float = 0.2
-) -> list[list[str]]:
+def map_set(size: int, n: int, split: str = "train", seed: int = 0, hole_prob: float = 0.2) -> list[list[str]]:
     """``n`` distinct maps of one size for ``split`` ("train" or "heldout").
 
     Map ``i`` is tried with ``generate_map(size, base + i)``, where the seed ranges of the two
