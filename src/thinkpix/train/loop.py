@@ -1,0 +1,213 @@
+"""The training loop: one CPU, one GPU or many processes through ``accelerate launch``.
+
+It follows diffusers' LoRA training scripts (``train_dreambooth_lora_sd3.py``): accelerate for
+devices, DDP with unused-parameter detection (hard routing leaves experts idle in a step),
+gradient accumulation and mixed precision, trainable parameters kept in fp32, TensorBoard logging,
+periodic checkpoints and ``--resume latest``.
+
+Determinism: every random choice of micro-step k on process r (data order, noise, timesteps, Gumbel
+noise, label dropout) is seeded from (seed, k, r), so a resumed run continues exactly where an
+uninterrupted one would be.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from ..analysis.stats import step_stats
+from ..core.config import RSRConfig
+from ..models import apply_rsr, aux_loss, rsr_layers, save_rsr, set_step_checkpointing
+from .config import TrainConfig
+from .data import ImageDataset, batch_indices
+from .objectives import flow_matching_loss, noise_prediction_loss, training_scheduler
+from .state import load_checkpoint, resolve_resume, save_checkpoint
+from .targets import TrainTarget
+from .validation import save_grid
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    losses: list[float] = field(default_factory=list)
+    final: Path | None = None
+
+
+def _micro_seed(seed: int, micro_step: int, rank: int) -> int:
+    return (seed * 1_000_003 + micro_step) * 1_009 + rank
+
+
+def trainable_parameters(target: TrainTarget, cfg: TrainConfig) -> dict[str, torch.nn.Parameter]:
+    """Install RSR (methods rsr/sft) or unfreeze everything (full); trainable parameters by name."""
+    transformer = target.transformer
+    if cfg.method == "full":
+        modules = {"transformer": transformer}
+        if target.kind == "caption" and getattr(target.pipeline, "text_encoder", None) is not None:
+            modules["text_encoder"] = target.pipeline.text_encoder  # the Shapes text encoder trains with its base
+        named = {}
+        for prefix, module in modules.items():
+            module.requires_grad_(True)
+            named.update({f"{prefix}.{n}": p for n, p in module.named_parameters()})
+        return named
+    rsr = RSRConfig(num_experts=cfg.num_experts, latent_steps=cfg.latent_steps, rank=cfg.rank,
+                    gumbel_tau=cfg.gumbel_tau, layers=cfg.block_indices(len(transformer.transformer_blocks)),
+                    routing=cfg.routing, balance_loss_weight=cfg.balance_loss_weight, seed=cfg.seed)
+    apply_rsr(transformer, rsr)
+    set_step_checkpointing(transformer, cfg.step_checkpointing)
+    return {f"rsr.{i}.{n}": p for i, proc in rsr_layers(transformer).items() for n, p in proc.rsr.named_parameters()}
+
+
+def _routing_scalars(target: TrainTarget) -> dict[str, float]:
+    scalars = {}
+    for layer, proc in rsr_layers(target.transformer).items():
+        if not proc.last_steps or proc.rsr.config.num_experts == 1:
+            continue
+        stats = step_stats(proc.last_steps)
+        for m, share in enumerate(stats.utilisation.tolist()):
+            scalars[f"routing/layer{layer}/expert{m}_usage"] = share
+        scalars[f"routing/layer{layer}/gate_entropy"] = stats.entropy.mean().item()
+        if stats.consistency.numel():
+            scalars[f"routing/layer{layer}/consistency"] = stats.consistency.mean().item()
+    return scalars
+
+
+def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: str | Path, resume: str | None = None,
+          validation: list | None = None, report_to: str | None = "tensorboard", progress: bool = True) -> TrainResult:
+    """Train ``target`` on ``data`` with ``cfg``; checkpoints and logs go under ``out_dir``."""
+    out_dir = Path(out_dir)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=report_to, project_dir=str(out_dir),
+                              gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    world, rank = accelerator.num_processes, accelerator.process_index
+    micro_batch = cfg.batch_size // cfg.gradient_accumulation_steps
+    if cfg.batch_size % (cfg.gradient_accumulation_steps * world):
+        raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} must be divisible by gradient_accumulation_steps "
+                         f"x processes = {cfg.gradient_accumulation_steps * world}")
+    if data.kind != target.kind:
+        raise ValueError(f"the model is {target.kind}-conditioned but the data folder is a {data.kind} folder")
+    named = trainable_parameters(target, cfg)
+    params = list(named.values())
+    for p in params:
+        p.data = p.data.float()  # trainable parameters in fp32 (mixed precision autocasts the compute)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.weight_decay)
+    ema = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None
+    target.transformer.train()
+    module, optimizer = accelerator.prepare(target.transformer, optimizer)
+    scheduler = training_scheduler(target.pipeline.scheduler)
+    ckpt_dir = out_dir / "checkpoints"
+    step = 0
+    resume_from = resolve_resume(ckpt_dir, resume)
+    if resume_from is not None:
+        step, tensors, ema_tensors = load_checkpoint(resume_from, optimizer)
+        missing = sorted(set(named) - set(tensors))
+        if missing:
+            raise ValueError(f"checkpoint {resume_from} does not match this run: no weights for {missing[:4]}")
+        with torch.no_grad():
+            for name, p in named.items():
+                p.copy_(tensors[name])
+        if ema is not None and ema_tensors is not None:
+            for shadow, name in zip(ema.shadow_params, named):
+                shadow.copy_(ema_tensors[name])
+            ema.optimization_step = step
+    if report_to and accelerator.is_main_process:
+        accelerator.init_trackers("thinkpix", config={k: str(v) for k, v in cfg.to_dict().items()})
+    result = TrainResult(out_dir, step)
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and accelerator.is_local_main_process),
+               desc=f"train {cfg.method}", unit="step")
+    started = time.perf_counter()
+    while step < cfg.max_steps:
+        for micro in range(cfg.gradient_accumulation_steps):
+            k = step * cfg.gradient_accumulation_steps + micro
+            seed = _micro_seed(cfg.seed, k, rank)
+            torch.manual_seed(seed)  # DiT's label dropout draws from the global RNG
+            if cfg.method != "full":
+                for layer, proc in rsr_layers(target.transformer).items():
+                    proc.rsr.gate.manual_seed(seed + layer)
+            g = torch.Generator().manual_seed(seed)
+            index = batch_indices(len(data), micro_batch, k, cfg.seed, rank, world)
+            x0 = target.latents(data.pixels(index).to(accelerator.device), g)
+            if data.kind == "caption":
+                cond = target.conditions(captions=[data.captions[i] for i in index.tolist()])
+            else:
+                cond = target.conditions(labels=data.labels[index].to(accelerator.device))
+
+            def forward(noisy, t, cond=cond):
+                kwargs = {k: (v.to(noisy.dtype) if v.is_floating_point() else v) for k, v in cond.items()}
+                return module(hidden_states=noisy, timestep=t, **kwargs).sample
+
+            with accelerator.accumulate(module), accelerator.autocast():
+                if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+                    loss = flow_matching_loss(forward, x0, scheduler, g, cfg.logit_mean, cfg.logit_std)
+                else:
+                    loss = noise_prediction_loss(forward, x0, scheduler, g)
+                balance = aux_loss(target.transformer) if cfg.method != "full" else loss.new_zeros(())
+                if not math.isfinite(loss.item()):
+                    last = resolve_resume(ckpt_dir, "latest")
+                    raise TrainingDiverged(f"loss became {loss.item()} at step {step}: training stopped; "
+                                           f"last good checkpoint: {last or 'none yet'}")
+                accelerator.backward(loss + balance)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if ema is not None:
+            ema.step(params)
+        result.losses.append(loss.item())
+        logs = {"train/loss": loss.item(), "train/balance_loss": balance.item()}
+        if cfg.method != "full":
+            logs.update(_routing_scalars(target))
+        if report_to:
+            accelerator.log(logs, step=step)
+        elapsed = time.perf_counter() - started
+        bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{(step - result.step) * cfg.batch_size / elapsed:.1f}")
+        bar.update(1)
+        if step % cfg.checkpointing_steps == 0 or step == cfg.max_steps:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                shadow = dict(zip(named, ema.shadow_params)) if ema is not None else None
+                save_checkpoint(ckpt_dir, step, dict(named), optimizer, cfg.to_dict(), shadow,
+                                keep=cfg.checkpoints_total_limit)
+        if validation and cfg.validation_steps and step % cfg.validation_steps == 0 and accelerator.is_main_process:
+            _validate(target, validation, out_dir, step, accelerator if report_to else None)
+    bar.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        result.final = _save_final(target, cfg, out_dir, ema, params)
+    accelerator.end_training()
+    result.step = step
+    return result
+
+
+def _validate(target: TrainTarget, validation: list, out_dir: Path, step: int, accelerator) -> None:
+    target.transformer.eval()
+    images = target.sample(validation, seed=0)
+    target.transformer.train()
+    save_grid(images, out_dir / "validation" / f"step-{step:06d}.png")
+    if accelerator is not None:
+        tracker = accelerator.get_tracker("tensorboard", unwrap=False)
+        if hasattr(tracker, "log_images"):
+            tracker.log_images({"validation": images}, step=step, dataformats="NHWC")
+
+
+def _save_final(target: TrainTarget, cfg: TrainConfig, out_dir: Path, ema, params) -> Path:
+    if ema is not None:
+        ema.copy_to(params)  # the final weights are the EMA weights when EMA is on
+    if cfg.method == "full":
+        target.pipeline.save_pretrained(out_dir / "pipeline")
+        return out_dir / "pipeline"
+    return save_rsr(target.transformer, out_dir / "rsr")

@@ -1,0 +1,124 @@
+"""What is being trained: a pipeline, its transformer, and how a batch becomes model inputs.
+
+Supported pipelines (read from ``model_index.json``): ``StableDiffusion3Pipeline`` and the Shapes
+text-to-image pipeline (conditioned on captions, rectified flow), ``DiTPipeline`` and the Shapes
+class pipeline (conditioned on class ids, noise prediction). A pipeline with a VAE is trained in
+its latent space, the Shapes pipelines in pixel space.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+TEXT_PIPELINES = ("StableDiffusion3Pipeline", "ShapesTextToImagePipeline")
+CLASS_PIPELINES = ("DiTPipeline", "ShapesClassPipeline")
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+SHIPPED = {"shapes-t2i": ASSETS / "shapes-t2i", "shapes-class": ASSETS / "shapes-class"}
+
+
+def _pipeline_class(name: str):
+    if name in ("ShapesTextToImagePipeline", "ShapesClassPipeline"):
+        from .. import shapes
+
+        return getattr(shapes, name)
+    import diffusers
+
+    return getattr(diffusers, name)
+
+
+def load_pipeline(name_or_path: str | Path, torch_dtype: torch.dtype = torch.float32):
+    """Load a supported pipeline from a shipped name (``shapes-t2i``, ``shapes-class``), a folder, or a hub id."""
+    path = SHIPPED.get(str(name_or_path), Path(name_or_path))
+    supported = ", ".join(TEXT_PIPELINES + CLASS_PIPELINES)
+    index = path / "model_index.json"
+    if path.is_dir():
+        if not index.is_file():
+            config = path / "config.json"
+            kind = json.loads(config.read_text()).get("_class_name") if config.is_file() else None
+            raise ValueError(f"{path} holds {kind or 'no pipeline'}, not a pipeline folder (model_index.json): "
+                             f"thinkpix trains {supported}; save the whole pipeline with save_pretrained")
+        spec = json.loads(index.read_text())
+        name = spec.get("_class_name")
+        if name not in TEXT_PIPELINES + CLASS_PIPELINES:
+            raise ValueError(f"{path} is a {name}; thinkpix trains {supported}")
+        absent = {k: None for k, v in spec.items() if isinstance(v, list) and v == [None, None]}  # saved as None
+        return _pipeline_class(name).from_pretrained(path, torch_dtype=torch_dtype, **absent)
+    if str(name_or_path).count("/") == 1 and not Path(name_or_path).exists():  # a hub id (needs the network)
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(str(name_or_path), torch_dtype=torch_dtype)
+        if type(pipe).__name__ not in TEXT_PIPELINES + CLASS_PIPELINES:
+            raise ValueError(f"{name_or_path} is a {type(pipe).__name__}; thinkpix trains {supported}")
+        return pipe
+    raise ValueError(f"model {name_or_path} not found: give a pipeline folder, a hub id, or one of {sorted(SHIPPED)}")
+
+
+@dataclass
+class TrainTarget:
+    """A loaded pipeline plus the conversions the training loop needs."""
+
+    pipeline: object
+
+    def __post_init__(self) -> None:
+        if hasattr(self.pipeline, "set_progress_bar_config"):
+            self.pipeline.set_progress_bar_config(disable=True)  # the training loop has its own progress bar
+
+    @property
+    def transformer(self):
+        return self.pipeline.transformer
+
+    @property
+    def kind(self) -> str:
+        return "caption" if type(self.pipeline).__name__ in TEXT_PIPELINES else "class"
+
+    @property
+    def vae(self):
+        return getattr(self.pipeline, "vae", None)
+
+    @torch.no_grad()
+    def latents(self, pixels: Tensor, generator: torch.Generator) -> Tensor:
+        """Images in [-1, 1] to the space the transformer denoises (VAE latents, or the pixels)."""
+        vae = self.vae
+        if vae is None:
+            return pixels
+        dist = vae.encode(pixels.to(vae.dtype)).latent_dist
+        sample = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator).to(dist.mean)
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return ((sample - shift) * vae.config.scaling_factor).float()
+
+    @torch.no_grad()
+    def text_conditions(self, captions: list[str]) -> dict[str, Tensor]:
+        extra = {"prompt_2": None, "prompt_3": None} if type(self.pipeline).__name__ == "StableDiffusion3Pipeline" else {}
+        embeds, _, pooled, _ = self.pipeline.encode_prompt(prompt=captions, do_classifier_free_guidance=False, **extra)
+        return {"encoder_hidden_states": embeds.float(), "pooled_projections": pooled.float()}
+
+    def forward(self, noisy: Tensor, timesteps: Tensor, conditions: dict[str, Tensor]) -> Tensor:
+        dtype = self.transformer.dtype
+        return self.transformer(hidden_states=noisy.to(dtype), timestep=timesteps,
+                                **{k: (v.to(dtype) if v.is_floating_point() else v) for k, v in conditions.items()}).sample
+
+    def conditions(self, captions: list[str] | None = None, labels: Tensor | None = None) -> dict[str, Tensor]:
+        if self.kind == "caption":
+            if captions is None:
+                raise ValueError("this model is text-conditioned: the data folder needs captions (metadata.jsonl)")
+            return self.text_conditions(captions)
+        if labels is None:
+            raise ValueError("this model is class-conditioned: the data folder needs class sub-folders")
+        return {"class_labels": labels}
+
+    @torch.no_grad()
+    def sample(self, conditions: list, seed: int, steps: int = 20, guidance_scale: float = 4.0):
+        """Images (N, H, W, 3) float in [0, 1] for prompts or class ids, from a seeded generator."""
+        generator = torch.Generator().manual_seed(seed)
+        if self.kind == "caption":
+            out = self.pipeline(list(conditions), num_inference_steps=steps, guidance_scale=guidance_scale,
+                                generator=generator, output_type="np")
+        else:
+            out = self.pipeline(class_labels=list(conditions), num_inference_steps=steps,
+                                guidance_scale=guidance_scale, generator=generator, output_type="np")
+        return out.images
