@@ -93,14 +93,10 @@ class TrainTarget:
 
     @torch.no_grad()
     def text_conditions(self, captions: list[str]) -> dict[str, Tensor]:
-        extra = {"prompt_2": None, "prompt_3": None} if type(self.pipeline).__name__ == "StableDiffusion3Pipeline" else {}
+        is_sd3 = type(self.pipeline).__name__ == "StableDiffusion3Pipeline"
+        extra = {"prompt_2": None, "prompt_3": None} if is_sd3 else {}
         embeds, _, pooled, _ = self.pipeline.encode_prompt(prompt=captions, do_classifier_free_guidance=False, **extra)
         return {"encoder_hidden_states": embeds.float(), "pooled_projections": pooled.float()}
-
-    def forward(self, noisy: Tensor, timesteps: Tensor, conditions: dict[str, Tensor]) -> Tensor:
-        dtype = self.transformer.dtype
-        return self.transformer(hidden_states=noisy.to(dtype), timestep=timesteps,
-                                **{k: (v.to(dtype) if v.is_floating_point() else v) for k, v in conditions.items()}).sample
 
     def conditions(self, captions: list[str] | None = None, labels: Tensor | None = None) -> dict[str, Tensor]:
         if self.kind == "caption":
