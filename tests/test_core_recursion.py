@@ -243,3 +243,17 @@ def test_bf16_autocast_runs(host, tokens):
         out = run(rsr, host, x, c, y)
     out.vision.float().mean().backward()
     assert torch.isfinite(rsr.experts.lora_A.grad).all()
+
+
+def test_initial_weights_depend_on_the_config_seed_and_layer_only():
+    cfg = RSRConfig(num_experts=3, latent_steps=2, rank=4, seed=11)
+    torch.manual_seed(1)
+    a = RecursiveSparseReasoning(cfg, dim=16, layer_index=2)
+    torch.manual_seed(2)
+    b = RecursiveSparseReasoning(cfg, dim=16, layer_index=2)
+    c = RecursiveSparseReasoning(cfg, dim=16, layer_index=3)
+    d = RecursiveSparseReasoning(RSRConfig(num_experts=3, latent_steps=2, rank=4, seed=12), dim=16, layer_index=2)
+    for name, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[name]), name
+    assert not torch.equal(a.experts.lora_A, c.experts.lora_A)
+    assert not torch.equal(a.experts.lora_A, d.experts.lora_A)

@@ -1,4 +1,9 @@
-"""The ``thinkpix`` command line. Subcommands are added as the engine grows (see README, "Status")."""
+"""The ``thinkpix`` command line: ``pretrain``, ``finetune``, ``sample``, ``demo``, ``shapes``, ``info``, ``inspect``.
+
+Option names follow diffusers' LoRA training scripts (``--pretrained-model-name-or-path``,
+``--rank``, ``--checkpointing-steps``, ``--resume-from-checkpoint latest``, ``--validation-prompt``,
+``--mixed-precision``, ``--report-to``). Errors print one line and exit with status 2.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,119 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
-from .core.config import RSRConfig
+
+TRAIN_FIELDS = ("num_experts", "latent_steps", "rank", "gumbel_tau", "routing", "balance_loss_weight",
+                "learning_rate", "batch_size", "gradient_accumulation_steps", "max_steps", "mixed_precision",
+                "ema_decay", "checkpointing_steps", "checkpoints_total_limit", "validation_steps", "seed")
+
+
+def _layers(text: str):
+    if text in ("middle", "three"):
+        return text
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--layers {text!r}: use 'middle', 'three' or indices like 4,8,12") from None
+
+
+def _add_train_options(p: argparse.ArgumentParser, default_preset: str) -> None:
+    p.add_argument("--train-data-dir", required=True, help="image-caption folder (metadata.jsonl) or class folder")
+    p.add_argument("--output-dir", required=True, help="checkpoints, logs, validation grids and final weights")
+    p.add_argument("--preset", default=default_preset, help="named TrainConfig preset (see thinkpix.train.PRESETS)")
+    p.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
+    p.add_argument("--resume-from-checkpoint", default=None, help="'latest' or a checkpoint folder")
+    p.add_argument("--validation-prompt", action="append", default=None,
+                   help="prompt (or class id for class models) sampled every --validation-steps; repeatable")
+    p.add_argument("--report-to", default="tensorboard", choices=("tensorboard", "none"))
+    p.add_argument("--num-experts", type=int)
+    p.add_argument("--latent-steps", type=int)
+    p.add_argument("--rank", type=int)
+    p.add_argument("--layers", type=_layers, help="'middle', 'three' or block indices like 4,8,12")
+    p.add_argument("--gumbel-tau", type=float)
+    p.add_argument("--routing", choices=("learned", "random"))
+    p.add_argument("--balance-loss-weight", type=float)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--batch-size", type=int, help="global batch per optimizer step (all processes)")
+    p.add_argument("--gradient-accumulation-steps", type=int)
+    p.add_argument("--max-steps", "--max-train-steps", dest="max_steps", type=int)
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"))
+    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--checkpointing-steps", type=int)
+    p.add_argument("--checkpoints-total-limit", type=int)
+    p.add_argument("--validation-steps", type=int)
+    p.add_argument("--step-checkpointing", action="store_true", default=None,
+                   help="activation checkpointing across latent steps (less memory, more compute)")
+    p.add_argument("--seed", type=int)
+
+
+def _train_config(args: argparse.Namespace, **fixed):
+    from .train import preset
+
+    overrides = {name: getattr(args, name, None) for name in TRAIN_FIELDS}
+    overrides.update(layers=getattr(args, "layers", None), step_checkpointing=args.step_checkpointing, **fixed)
+    return preset(args.preset, **overrides)
+
+
+def _validation(args, data) -> list | None:
+    if args.validation_prompt:
+        return [int(v) for v in args.validation_prompt] if data.kind == "class" else args.validation_prompt
+    return (sorted(set(data.captions))[:4] if data.kind == "caption" else list(range(min(4, len(data.class_names)))))
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from .train import TrainTarget, load_image_folder, load_pipeline, train
+
+    cfg = _train_config(args, method=args.method)  # cheap checks first: config, data, then the model
+    data = load_image_folder(args.train_data_dir, args.image_size)
+    target = TrainTarget(load_pipeline(args.pretrained_model_name_or_path))
+    result = train(target, data, cfg, args.output_dir, resume=args.resume_from_checkpoint,
+                   validation=_validation(args, data), report_to=None if args.report_to == "none" else args.report_to)
+    print(json.dumps({"step": result.step, "final_loss": result.losses[-1] if result.losses else None,
+                      "weights": str(result.final)}))
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from .shapes.pipelines import new_pipeline
+    from .train import TrainTarget, load_image_folder, train
+
+    cfg = _train_config(args, method="full")
+    data = load_image_folder(args.train_data_dir, args.image_size)
+    target = TrainTarget(new_pipeline(args.model, seed=cfg.seed))
+    result = train(target, data, cfg, args.output_dir, resume=args.resume_from_checkpoint,
+                   validation=_validation(args, data), report_to=None if args.report_to == "none" else args.report_to)
+    print(json.dumps({"step": result.step, "final_loss": result.losses[-1] if result.losses else None,
+                      "pipeline": str(result.final)}))
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from .sampling import sample_to_folder
+
+    conditions = args.prompt or [int(c) for c in (args.class_label or [])]
+    if args.prompts_file:
+        conditions = [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
+    if not conditions:
+        raise ValueError("give --prompt, --prompts-file or --class-label")
+    grid = sample_to_folder(args.model, conditions, args.out, rsr=args.rsr, steps=args.num_inference_steps,
+                            guidance_scale=args.guidance_scale, seed=args.seed, images_per_condition=args.num_images)
+    print(grid)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    print(run_demo(Path(args.out), quick=args.quick))
+    return 0
 
 
 def _info(args: argparse.Namespace) -> int:
+    from .core.config import RSRConfig
+
     cfg = RSRConfig(num_experts=args.num_experts, latent_steps=args.latent_steps)
     print(json.dumps({"thinkpix": __version__, "default_config": cfg.to_dict()}, indent=2))
     return 0
@@ -20,34 +132,59 @@ def _info(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from .models.checkpoint import checkpoint_info
 
-    info = checkpoint_info(args.checkpoint)
-    print(json.dumps(info, indent=2))
+    print(json.dumps(checkpoint_info(args.checkpoint), indent=2))
     return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    print(
-        "thinkpix demo (fine-tune RSR on the Shapes world, sample, score) needs the training engine and the "
-        "shipped Shapes base models, which are not in this version yet. See README, 'Status'.",
-        file=sys.stderr,
-    )
-    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thinkpix", description="Recursive Sparse Reasoning for diffusers")
     parser.add_argument("--version", action="version", version=f"thinkpix {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="print the version and an RSRConfig as JSON")
-    info.add_argument("--num-experts", type=int, default=2)
-    info.add_argument("--latent-steps", type=int, default=2)
-    info.set_defaults(func=_info)
-    inspect = sub.add_parser("inspect", help="print the config and metadata of an RSR checkpoint folder")
-    inspect.add_argument("checkpoint", help="folder with rsr_config.json and rsr_weights.safetensors")
-    inspect.set_defaults(func=_inspect)
-    demo = sub.add_parser("demo", help="the Shapes-world demo (not available yet)")
-    demo.add_argument("--out", default="runs/demo")
-    demo.set_defaults(func=_demo)
+
+    p = sub.add_parser("finetune", help="fine-tune RSR (or LoRA SFT) into an SD3 / DiT pipeline")
+    p.add_argument("--pretrained-model-name-or-path", required=True,
+                   help="pipeline folder, hub id, or a shipped base: shapes-t2i, shapes-class")
+    p.add_argument("--method", choices=("rsr", "sft"), default="rsr", help="sft = plain LoRA (RSR with M=1, T=1)")
+    _add_train_options(p, "shapes")
+    p.set_defaults(func=_finetune)
+
+    p = sub.add_parser("pretrain", help="train a Shapes base model (and its text encoder) from scratch")
+    p.add_argument("--model", required=True, help="Shapes model factory, e.g. mmdit-s (text) or dit-s (class)")
+    _add_train_options(p, "shapes-pretrain")
+    p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("sample", help="sample prompts or classes to a PNG grid plus individual files")
+    p.add_argument("--model", required=True, help="pipeline folder, hub id, or shapes-t2i / shapes-class")
+    p.add_argument("--rsr", default=None, help="RSR checkpoint folder to load into the transformer")
+    p.add_argument("--prompt", action="append", help="repeatable")
+    p.add_argument("--prompts-file", help="one prompt per line")
+    p.add_argument("--class-label", action="append", help="class id, repeatable")
+    p.add_argument("--num-images", type=int, default=1, help="images per prompt/class")
+    p.add_argument("--num-inference-steps", type=int, default=20)
+    p.add_argument("--guidance-scale", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_sample)
+
+    p = sub.add_parser("demo", help="fine-tune RSR on the Shapes world, sample held-out prompts, score, report")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="a much shorter run (for tests)")
+    p.set_defaults(func=_demo)
+
+    try:
+        from .shapes.cli import add_shapes_parser
+    except ImportError:  # the Shapes CLI module is optional at import time
+        add_shapes_parser = None
+    if add_shapes_parser is not None:
+        add_shapes_parser(sub)
+
+    p = sub.add_parser("info", help="print the version and an RSRConfig as JSON")
+    p.add_argument("--num-experts", type=int, default=2)
+    p.add_argument("--latent-steps", type=int, default=2)
+    p.set_defaults(func=_info)
+    p = sub.add_parser("inspect", help="print the config and metadata of an RSR checkpoint folder")
+    p.add_argument("checkpoint", help="folder with rsr_config.json and rsr_weights.safetensors")
+    p.set_defaults(func=_inspect)
     return parser
 
 
@@ -55,8 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        print(f"thinkpix {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, TypeError, NotImplementedError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"thinkpix {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

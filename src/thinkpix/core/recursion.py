@@ -55,11 +55,12 @@ class RecursiveSparseReasoning(nn.Module):
                  layer_index: int = 0):
         super().__init__()
         self.config = config
-        self.experts = ExpertBank(config.num_experts, dim, out_dim or dim, config.rank, config.scaling)
-        self.gate = LatentStepGate(
-            dim, config.num_experts, cond_dim=cond_dim, tau=config.gumbel_tau, routing=config.routing,
-            gate_input=config.gate_input, seed=config.seed + 1_000_003 * layer_index,
-        )
+        seed = config.seed + 1_000_003 * layer_index
+        with torch.random.fork_rng(devices=[]):  # initial weights depend on (config.seed, layer) only
+            torch.manual_seed(seed)
+            self.experts = ExpertBank(config.num_experts, dim, out_dim or dim, config.rank, config.scaling)
+            self.gate = LatentStepGate(dim, config.num_experts, cond_dim=cond_dim, tau=config.gumbel_tau,
+                                       routing=config.routing, gate_input=config.gate_input, seed=seed)
         self.gradient_checkpointing = False  # recompute each intermediate step in backward (saves memory)
 
     def forward(

@@ -1,0 +1,34 @@
+"""Sampling with the ordinary pipelines, optionally with an RSR checkpoint loaded into the transformer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from .models import load_rsr
+from .train.targets import TrainTarget, load_pipeline
+from .train.validation import save_grid, to_uint8
+
+
+def load_target(model: str | Path, rsr: str | Path | None = None) -> TrainTarget:
+    """A pipeline (shipped name, folder or hub id) in eval mode, with an RSR checkpoint applied if given."""
+    target = TrainTarget(load_pipeline(model))
+    if rsr is not None:
+        load_rsr(target.transformer, rsr)
+    target.transformer.eval()
+    return target
+
+
+def sample_to_folder(model: str | Path, conditions: list, out: str | Path, rsr: str | Path | None = None,
+                     steps: int = 20, guidance_scale: float = 4.0, seed: int = 0,
+                     images_per_condition: int = 1) -> Path:
+    """Write ``<out>/<i:05d>-<n>.png`` for every condition and ``<out>/grid.png`` (one row per condition)."""
+    target = load_target(model, rsr)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    repeated = [c for c in conditions for _ in range(images_per_condition)]
+    images = to_uint8(target.sample(repeated, seed=seed, steps=steps, guidance_scale=guidance_scale))
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(out / f"{i // images_per_condition:05d}-{i % images_per_condition}.png")
+    return save_grid(images, out / "grid.png", ncols=images_per_condition, scale=2)

@@ -1,0 +1,143 @@
+"""The training engine on real (tiny) diffusers pipelines written to disk."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from tiny import tiny_dit_pipeline, tiny_sd3_pipeline
+
+from thinkpix.cli import main
+from thinkpix.models.checkpoint import rsr_state_dict
+from thinkpix.train import TrainConfig, TrainingDiverged, TrainTarget, load_image_folder, load_pipeline, train
+from thinkpix.train.state import list_checkpoints
+
+
+def caption_folder(root: Path, n: int = 8, size: int = 16) -> Path:
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    with open(root / "metadata.jsonl", "w") as f:
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / f"{i}.png")
+            f.write(json.dumps({"file_name": f"{i}.png", "text": ["a cat", "two dogs"][i % 2]}) + "\n")
+    return root
+
+
+def class_folder(root: Path, n: int = 8, size: int = 8) -> Path:
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        (root / f"class{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / f"class{i % 3}/{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def dit_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dit")
+    tiny_dit_pipeline(root)
+    return root / "pipe", class_folder(root / "data")
+
+
+def run(pipe_dir, data_dir, out, resume=None, **overrides):
+    cfg = TrainConfig(**{**dict(rank=4, num_experts=3, latent_steps=2, layers=(1, 3), batch_size=4, max_steps=6,
+                                checkpointing_steps=3, learning_rate=1e-2, ema_decay=0.9), **overrides})
+    target = TrainTarget(load_pipeline(pipe_dir))
+    result = train(target, load_image_folder(data_dir), cfg, out, resume=resume, report_to=None, progress=False)
+    return result, rsr_state_dict(target.transformer)
+
+
+def test_resume_gives_bit_identical_weights(dit_setup, tmp_path):
+    pipe_dir, data_dir = dit_setup
+    full, full_weights = run(pipe_dir, data_dir, tmp_path / "full")
+    run(pipe_dir, data_dir, tmp_path / "split", max_steps=3)  # "killed" right after its step-3 checkpoint
+    resumed, resumed_weights = run(pipe_dir, data_dir, tmp_path / "split", resume="latest")
+    assert resumed.step == full.step == 6
+    assert resumed.losses == full.losses[3:]
+    for key, value in full_weights.items():
+        assert torch.equal(value, resumed_weights[key]), key
+    assert [s for s, _ in list_checkpoints(tmp_path / "full" / "checkpoints")] == [3, 6]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dit_setup, tmp_path, monkeypatch):
+    import thinkpix.train.loop as loop
+
+    real = loop.noise_prediction_loss
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(loop, "noise_prediction_loss", flaky)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 4.*checkpoint-3"):
+        run(pipe_dir := dit_setup[0], dit_setup[1], tmp_path / "run")
+    assert pipe_dir.exists()
+    (step, ckpt), = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert step == 3 and (ckpt / "trainable.safetensors").is_file()
+
+
+def test_two_processes_keep_identical_weights(dit_setup, tmp_path):
+    pipe_dir, data_dir = dit_setup
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no",  # torchrun; gloo on CPU
+           str(Path(__file__).parent / "ddp_worker.py"), str(pipe_dir), str(data_dir), str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert any(rank0[k].abs().sum() > 0 for k in rank0 if k.endswith("lora_B"))  # it did train
+    assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [3]
+
+
+@pytest.mark.parametrize("kind", ["sd3", "dit"])
+def test_finetune_cli_end_to_end_on_saved_diffusers_pipelines(tmp_path, kind, capsys):
+    if kind == "sd3":
+        tiny_sd3_pipeline(tmp_path)
+        data = caption_folder(tmp_path / "data")
+    else:
+        tiny_dit_pipeline(tmp_path)
+        data = class_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    code = main(["finetune", "--pretrained-model-name-or-path", str(tmp_path / "pipe"), "--train-data-dir", str(data),
+                 "--output-dir", str(out), "--rank", "4", "--layers", "1,3", "--num-experts", "2", "--batch-size", "4",
+                 "--max-steps", "2", "--checkpointing-steps", "2", "--validation-steps", "2"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["step"] == 2 and Path(report["weights"], "rsr_weights.safetensors").is_file()
+    assert (out / "validation" / "step-000002.png").is_file()
+    code = main(["sample", "--model", str(tmp_path / "pipe"), "--rsr", report["weights"], "--out", str(tmp_path / "s"),
+                 "--num-inference-steps", "2"] + (["--prompt", "a cat"] if kind == "sd3" else ["--class-label", "1"]))
+    assert code == 0 and (tmp_path / "s" / "grid.png").is_file() and (tmp_path / "s" / "00000-0.png").is_file()
+
+
+def test_bad_inputs_give_one_clear_error_line(dit_setup, tmp_path, capsys):
+    pipe_dir, data_dir = dit_setup
+    (tmp_path / "empty").mkdir()
+    broken = class_folder(tmp_path / "broken")
+    (broken / "class0" / "bad.png").write_bytes(b"not a png")
+    transformer_only = tmp_path / "transformer"
+    load_pipeline(pipe_dir).transformer.save_pretrained(transformer_only)
+    base = ["finetune", "--output-dir", str(tmp_path / "out"), "--max-steps", "1", "--report-to", "none"]
+    cases = {
+        "does not exist": ["--pretrained-model-name-or-path", str(pipe_dir), "--train-data-dir", str(tmp_path / "x")],
+        "is empty": ["--pretrained-model-name-or-path", str(pipe_dir), "--train-data-dir", str(tmp_path / "empty")],
+        "unreadable image": ["--pretrained-model-name-or-path", str(pipe_dir), "--train-data-dir", str(broken)],
+        "holds DiTTransformer2DModel, not a pipeline": ["--pretrained-model-name-or-path", str(transformer_only),
+                                                         "--train-data-dir", str(data_dir)],
+        "unknown preset 'huge'": ["--pretrained-model-name-or-path", str(pipe_dir), "--train-data-dir",
+                                  str(data_dir), "--preset", "huge"],
+    }
+    capsys.readouterr()
+    for expected, extra in cases.items():
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (expected, err)
