@@ -10,6 +10,7 @@ from .core import (
     RSRStep,
     balance_loss,
 )
+from .analysis import flops
 from .models import (
     RoutingRecord,
     RoutingTrace,
@@ -45,6 +46,7 @@ __all__ = [
     "balance_loss",
     "checkpoint_info",
     "export_lora",
+    "flops",
     "force_routing",
     "load_rsr",
     "remove_rsr",

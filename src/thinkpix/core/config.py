@@ -15,6 +15,10 @@ from typing import Any
 ROUTINGS = ("learned", "random")
 DISPATCHES = ("sorted", "dense")
 GATE_INPUTS = ("full", "tokens")
+HALTINGS = ("none", "delta", "confidence", "learned")
+HALT_UNITS = ("token", "sample")
+# Default threshold per criterion: relative state change, gate max-probability, halting probability.
+HALT_THRESHOLDS = {"delta": 0.05, "confidence": 0.9, "learned": 0.5}
 
 # Switch Transformer's auxiliary-loss coefficient (Fedus et al. 2022, Sec. 2.2): the paper
 # (Sec. 4.1) turns a balance loss on for M > 3 without giving its weight.
@@ -51,7 +55,16 @@ class RSRConfig:
             M) or ``"dense"`` (every expert computed and masked: the correctness reference).
         gate_input: ``"full"`` (tokens + timestep/condition + latent-step embedding, as in the paper)
             or ``"tokens"`` (tokens only: the Fig. 4 ablation).
-        seed: seeds the Gumbel noise and random routing (each layer offsets it by its index).
+        seed: seeds the initial weights, the Gumbel noise and random routing (offset by the layer index).
+        halting: stop the intermediate latent steps of a token (or sample) early at inference (the
+            paper's Sec. 6 limitation): ``"none"`` (default: bit-identical to fixed T), ``"delta"`` (relative
+            change of the recursive state below ``halt_threshold``), ``"confidence"`` (gate max-probability
+            at least ``halt_threshold``) or ``"learned"`` (an ACT-style halting head, Graves 2016, trained
+            with a ponder cost of weight ``ponder_weight``; halts when its probability >= ``halt_threshold``).
+            The final, base-integrating step always runs.
+        halt_per: ``"token"`` or ``"sample"``: what stops as a unit.
+        halt_threshold: criterion threshold; ``None`` picks the criterion's default.
+        ponder_weight: weight of the expected-number-of-steps cost of the learned halting head.
     """
 
     num_experts: int = 2
@@ -66,6 +79,10 @@ class RSRConfig:
     dispatch: str = "sorted"
     gate_input: str = "full"
     seed: int = 0
+    halting: str = "none"
+    halt_per: str = "token"
+    halt_threshold: float | None = None
+    ponder_weight: float = 0.01
 
     def __post_init__(self) -> None:
         for name in ("num_experts", "latent_steps", "rank"):
@@ -96,6 +113,20 @@ class RSRConfig:
             _fail("dispatch", self.dispatch, " or ".join(map(repr, DISPATCHES)))
         if self.gate_input not in GATE_INPUTS:
             _fail("gate_input", self.gate_input, " or ".join(map(repr, GATE_INPUTS)))
+        if self.halting not in HALTINGS:
+            _fail("halting", self.halting, " or ".join(map(repr, HALTINGS)))
+        if self.halt_per not in HALT_UNITS:
+            _fail("halt_per", self.halt_per, " or ".join(map(repr, HALT_UNITS)))
+        if self.halt_threshold is None:
+            self.halt_threshold = HALT_THRESHOLDS.get(self.halting)
+        elif isinstance(self.halt_threshold, bool) or not isinstance(self.halt_threshold, (int, float)) or not (
+            math.isfinite(self.halt_threshold) and self.halt_threshold > 0
+        ):
+            _fail("halt_threshold", self.halt_threshold, "a finite number > 0, or None for the criterion's default")
+        if isinstance(self.ponder_weight, bool) or not isinstance(self.ponder_weight, (int, float)) or not (
+            math.isfinite(self.ponder_weight) and self.ponder_weight >= 0
+        ):
+            _fail("ponder_weight", self.ponder_weight, "a finite number >= 0")
         if not isinstance(self.remodulate, bool):
             _fail("remodulate", self.remodulate, "True or False")
         if not _is_int(self.seed) or self.seed < 0:

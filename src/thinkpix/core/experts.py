@@ -43,7 +43,8 @@ class ExpertBank(nn.Module):
         nn.init.uniform_(self.lora_A, -bound, bound)
         nn.init.zeros_(self.lora_B)
 
-    def forward(self, x: Tensor, index: Tensor, weights: Tensor, dispatch: str = "sorted") -> Tensor:
+    def forward(self, x: Tensor, index: Tensor, weights: Tensor, dispatch: str = "sorted",
+                active: Tensor | None = None) -> Tensor:
         """LoRA updates of the selected expert of every token.
 
         Args:
@@ -52,6 +53,8 @@ class ExpertBank(nn.Module):
             weights: (B, N, M) routing weights; their value is one-hot on ``index`` and they carry the
                 gate's straight-through gradient.
             dispatch: ``"sorted"`` or ``"dense"``.
+            active: optional (B, N) bool; tokens that are not active (halted) get a zero update and
+                cost nothing.
 
         Returns:
             (3, B, N, D_out): the updates for Q, K and V, ``scaling * w * B_m A_m x``.
@@ -60,13 +63,23 @@ class ExpertBank(nn.Module):
         x2 = x.reshape(-1, self.in_features)  # (n, D) with n = B*N: tokens of all samples share experts
         idx = index.reshape(-1)
         w = weights.reshape(-1, self.num_experts)
-        if dispatch == "sorted":
-            out = self._sorted(x2, idx, w.gather(1, idx[:, None]).squeeze(1))
-        elif dispatch == "dense":
-            out = self._dense(x2, w)
+        if active is not None:
+            rows = active.reshape(-1).nonzero().squeeze(1)
+            out = x2.new_zeros(3, x2.shape[0], self.out_features)
+            if rows.numel():
+                part = self._dispatch(x2.index_select(0, rows), idx.index_select(0, rows), w.index_select(0, rows),
+                                      dispatch)
+                out = out.index_copy(1, rows, part)
         else:
-            raise ValueError(f"dispatch={dispatch!r} is invalid: allowed values are {DISPATCHES}")
+            out = self._dispatch(x2, idx, w, dispatch)
         return out.view(3, *lead, self.out_features)
+
+    def _dispatch(self, x2: Tensor, idx: Tensor, w: Tensor, dispatch: str) -> Tensor:
+        if dispatch == "sorted":
+            return self._sorted(x2, idx, w.gather(1, idx[:, None]).squeeze(1))
+        if dispatch == "dense":
+            return self._dense(x2, w)
+        raise ValueError(f"dispatch={dispatch!r} is invalid: allowed values are {DISPATCHES}")
 
     def _segment(self, m: int, x: Tensor, w: Tensor) -> Tensor:
         """Expert m on a segment of tokens: (n_m, D) -> (3, n_m, D_out)."""

@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from .config import RSRConfig
 from .experts import ExpertBank
 from .gate import GateDecision, LatentStepGate, balance_loss
+from .halting import HaltingHead, PonderMixture, halt_now
 
 QKV = tuple[Tensor, Tensor, Tensor]
 # attend(q, k, v) with vision projections (B, N, D) -> (vision output (B, N, D), text output or None)
@@ -37,6 +38,7 @@ class RSRStep(NamedTuple):
     experts: Tensor  # (B, N) long
     probs: Tensor  # (B, N, M) fp32 gate probabilities
     logits: Tensor | None  # (B, N, M) fp32 differentiable logits (None: gate not evaluated)
+    active: Tensor | None = None  # (B, N) bool: tokens that ran this step (None: all; see halting)
 
 
 class RSROutput(NamedTuple):
@@ -46,6 +48,8 @@ class RSROutput(NamedTuple):
     text: Tensor | None  # (B, L, D) attention output of the text tokens at step T
     steps: tuple[RSRStep, ...]  # one per latent step
     balance_loss: Tensor  # scalar: unweighted balance loss, mean over latent steps (0 when not routed)
+    ponder_loss: Tensor | None = None  # scalar: expected intermediate steps (learned halting, training)
+    steps_used: Tensor | None = None  # (B, N): latent steps each token ran, the final one included
 
 
 class RecursiveSparseReasoning(nn.Module):
@@ -61,6 +65,7 @@ class RecursiveSparseReasoning(nn.Module):
             self.experts = ExpertBank(config.num_experts, dim, out_dim or dim, config.rank, config.scaling)
             self.gate = LatentStepGate(dim, config.num_experts, cond_dim=cond_dim, tau=config.gumbel_tau,
                                        routing=config.routing, gate_input=config.gate_input, seed=seed)
+            self.halt_head = HaltingHead(dim) if config.halting == "learned" else None
         self.gradient_checkpointing = False  # recompute each intermediate step in backward (saves memory)
 
     def forward(
@@ -87,26 +92,55 @@ class RecursiveSparseReasoning(nn.Module):
         context = self.gate.context(cond, steps_total, x.dtype)
         state, steps, losses = x, [], []
         vision = text = None
+        halting = cfg.halting != "none" and steps_total > 1
+        ponder = PonderMixture(steps_total - 1) if halting and self.halt_head is not None and self.training else None
+        stops = halting and ponder is None and not self.training  # criteria act at inference only
+        active, cache = None, None  # (B, N) bool once some token has halted; keys/values it left behind
+        used = x.new_full(x.shape[:2], steps_total, dtype=torch.long) if halting else None
         for t in range(steps_total):
             last = t == steps_total - 1
+            if last and ponder is not None:
+                state = ponder.mixture  # ACT: the halting-weighted mixture of the intermediate states
             h = state if t == 0 or not cfg.remodulate or modulate is None else modulate(state)
             decision = self.gate(h, None if context is None else context[t], None if forced is None else forced[t])
-            steps.append(RSRStep(decision.index, decision.probs, decision.logits))
+            steps.append(RSRStep(decision.index, decision.probs, decision.logits, None if last else active))
             if decision.logits is not None:  # routed by the gate (not M=1, not random routing)
                 losses.append(balance_loss(decision.probs, decision.index))
             if last:
                 vision, text = self._step(h, decision, base_qkv(x), attend)
-            elif self.gradient_checkpointing and torch.is_grad_enabled():
+                break
+            if self.gradient_checkpointing and torch.is_grad_enabled() and active is None:
                 # The gate decision (and its Gumbel noise) stays outside the checkpoint so that
                 # recomputation in backward sees the same route without replaying the generator.
                 vision = checkpoint(self._intermediate, h, decision.index, decision.weights, attend,
                                     use_reentrant=False)
-                state = vision + x
+                new_state = vision + x
             else:
-                vision, _ = self._step(h, decision, None, attend)
-                state = vision + x  # residual to the original modulated tokens (Algorithm 1, line 27)
+                vision, new_state, cache = self._intermediate_step(h, decision, attend, x, state, active, cache)
+            if ponder is not None:
+                ponder.add(new_state, self.halt_head(new_state))
+            elif stops:
+                stop = halt_now(cfg.halting, cfg.halt_threshold, cfg.halt_per, state, new_state, decision.probs,
+                                self.halt_head)
+                active = ~stop if active is None else active & ~stop
+                used = torch.where(active, used, used.clamp_max(t + 2))  # ran steps 1..t+1 plus the final one
+            state = new_state  # a~_t = a_t + x~ (Algorithm 1, line 27); frozen where halted
         loss = torch.stack(losses).mean() if losses else x.new_zeros((), dtype=torch.float32)
-        return RSROutput(vision, text, tuple(steps), loss)
+        return RSROutput(vision, text, tuple(steps), loss, None if ponder is None else ponder.ponder_cost(), used)
+
+    def _intermediate_step(self, h: Tensor, decision: GateDecision, attend: AttendFn, x: Tensor, state: Tensor,
+                           active: Tensor | None, cache):
+        """One intermediate step: LoRA-only Q/K/V, attention, residual to x~. Halted tokens (not ``active``)
+        cost no expert work, keep the keys/values they last had, and keep their state."""
+        dq, dk, dv = self.experts(h, decision.index, decision.weights, self.config.dispatch, active=active)
+        if active is not None:
+            keep = ~active[..., None]
+            dk, dv = torch.where(keep, cache[0], dk), torch.where(keep, cache[1], dv)
+        vision, _ = attend(dq, dk, dv)
+        new_state = vision + x
+        if active is not None:
+            new_state = torch.where(active[..., None], new_state, state)
+        return vision, new_state, (dk, dv)
 
     def _step(self, h: Tensor, decision: GateDecision, base: QKV | None, attend: AttendFn):
         dq, dk, dv = self.experts(h, decision.index, decision.weights, self.config.dispatch)

@@ -186,12 +186,18 @@ def rsr_parameters(transformer: nn.Module) -> list[nn.Parameter]:
 
 
 def aux_loss(transformer: nn.Module) -> torch.Tensor:
-    """Weighted balance loss of the latest forward pass, summed over RSR layers."""
+    """Auxiliary loss of the latest forward pass, summed over RSR layers: the weighted balance loss, plus
+    the weighted ponder cost when the learned halting head is training."""
     install = _require_install(transformer)
-    losses = [p.last_balance_loss for p in install.processors.values() if p.last_balance_loss is not None]
+    procs = install.processors.values()
+    losses = [p.last_balance_loss for p in procs if p.last_balance_loss is not None]
     if not losses:
         raise ValueError("aux_loss needs a forward pass of the transformer first")
-    return install.config.balance_loss_weight * torch.stack(losses).sum()
+    total = install.config.balance_loss_weight * torch.stack(losses).sum()
+    ponder = [p.last_ponder_loss for p in procs if p.last_ponder_loss is not None]
+    if ponder:
+        total = total + install.config.ponder_weight * torch.stack(ponder).sum()
+    return total
 
 
 def set_step_checkpointing(transformer: nn.Module, enabled: bool = True) -> None:

@@ -52,6 +52,8 @@ class RSRAttnProcessor(nn.Module):
         self.session = session
         self.last_steps: tuple[RSRStep, ...] = ()
         self.last_balance_loss: Tensor | None = None
+        self.last_ponder_loss: Tensor | None = None
+        self.last_steps_used: Tensor | None = None
 
     def modulate(self, state: Tensor) -> Tensor:
         """The block's own ``alpha_x * LN(.) + beta_x`` (AdaLayerNormZero), applied to a recursive state."""
@@ -76,6 +78,7 @@ class RSRAttnProcessor(nn.Module):
         modulate = self.modulate if cap.shift is not None else None
         out = self.rsr(x, cap.cond, base_qkv, attend, modulate, self._forced(x.shape[0], x.device))
         self.last_steps, self.last_balance_loss = out.steps, out.balance_loss
+        self.last_ponder_loss, self.last_steps_used = out.ponder_loss, out.steps_used
         if self.session.trace is not None:
             self.session.trace.record(self.layer_index, self.session.timestep, out.steps)
         return out
