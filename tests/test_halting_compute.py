@@ -3,13 +3,13 @@
 import pytest
 import torch
 from diffusers import DiTTransformer2DModel
-from test_models_hosts import perturb_experts
-from test_models_real_architectures import DIT_XL_2
-from tiny import dit_inputs, tiny_dit
 
 import thinkpix
+from test_models_hosts import perturb_experts
+from test_models_real_architectures import DIT_XL_2
 from thinkpix import RSRConfig, apply_rsr, aux_loss, rsr_layers
 from thinkpix.analysis import dit_macs, flops
+from tiny import dit_inputs, tiny_dit
 
 
 def routed_dit(tmp_path, **kw):
