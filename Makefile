@@ -27,7 +27,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
-demo: $(STAMP)  # the Shapes-world demo (lands with the training engine)
+demo: $(STAMP)
 	$(VENV)/bin/thinkpix demo --out runs/demo
 
 clean:

@@ -73,12 +73,9 @@ def _validation(args, data) -> list | None:
     return (sorted(set(data.captions))[:4] if data.kind == "caption" else list(range(min(4, len(data.class_names)))))
 
 
-def _finetune(args: argparse.Namespace) -> int:
-    from .train import TrainTarget, load_image_folder, load_pipeline, train
+def _run_training(args: argparse.Namespace, target, data, cfg) -> int:
+    from .train import train
 
-    cfg = _train_config(args, method=args.method)  # cheap checks first: config, data, then the model
-    data = load_image_folder(args.train_data_dir, args.image_size)
-    target = TrainTarget(load_pipeline(args.pretrained_model_name_or_path))
     result = train(target, data, cfg, args.output_dir, resume=args.resume_from_checkpoint,
                    validation=_validation(args, data), report_to=None if args.report_to == "none" else args.report_to)
     print(json.dumps({"step": result.step, "final_loss": result.losses[-1] if result.losses else None,
@@ -86,18 +83,24 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pretrain(args: argparse.Namespace) -> int:
-    from .shapes.pipelines import new_pipeline
-    from .train import TrainTarget, load_image_folder, train
+def _finetune(args: argparse.Namespace) -> int:
+    from .train import TrainTarget, load_image_folder, load_pipeline
 
+    cfg = _train_config(args, method=args.method)  # cheap checks first: config, data, then the model
+    data = load_image_folder(args.train_data_dir, args.image_size)
+    return _run_training(args, TrainTarget(load_pipeline(args.pretrained_model_name_or_path)), data, cfg)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from .shapes import SHAPES_MODELS, ShapesClassPipeline, ShapesTextToImagePipeline
+    from .train import TrainTarget, load_image_folder
+
+    if args.model not in SHAPES_MODELS:
+        raise ValueError(f"unknown Shapes model {args.model!r}; allowed models are {sorted(SHAPES_MODELS)}")
     cfg = _train_config(args, method="full")
     data = load_image_folder(args.train_data_dir, args.image_size)
-    target = TrainTarget(new_pipeline(args.model, seed=cfg.seed))
-    result = train(target, data, cfg, args.output_dir, resume=args.resume_from_checkpoint,
-                   validation=_validation(args, data), report_to=None if args.report_to == "none" else args.report_to)
-    print(json.dumps({"step": result.step, "final_loss": result.losses[-1] if result.losses else None,
-                      "pipeline": str(result.final)}))
-    return 0
+    pipeline_cls = ShapesTextToImagePipeline if args.model.startswith("mmdit") else ShapesClassPipeline
+    return _run_training(args, TrainTarget(pipeline_cls.from_scratch(args.model, seed=cfg.seed)), data, cfg)
 
 
 def _sample(args: argparse.Namespace) -> int:

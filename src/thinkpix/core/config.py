@@ -29,6 +29,14 @@ def _fail(name: str, value: Any, allowed: str) -> None:
     raise ValueError(f"RSRConfig.{name}={value!r} is invalid: allowed values are {allowed}")
 
 
+def check_fields(cls: type, data: dict[str, Any]) -> None:
+    """Raise a ValueError naming unknown keys of ``data`` and the fields dataclass ``cls`` allows."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; allowed fields are {sorted(known)}")
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -153,10 +161,7 @@ class RSRConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RSRConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown RSRConfig field(s) {unknown}; allowed fields are {sorted(known)}")
+        check_fields(cls, data)
         data = dict(data)
         if "layers" in data and isinstance(data["layers"], list):
             data["layers"] = tuple(data["layers"])

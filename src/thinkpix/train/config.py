@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from ..core.config import check_fields
 
 METHODS = ("rsr", "sft", "full")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
@@ -103,10 +105,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}; allowed fields are {sorted(known)}")
+        check_fields(cls, data)
         return cls(**data)
 
 
@@ -136,8 +135,5 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; allowed presets are {sorted(PRESETS)}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown TrainConfig field(s) {unknown}; allowed fields are {sorted(known)}")
+    check_fields(TrainConfig, overrides)
     return TrainConfig(**{**PRESETS[name].to_dict(), **overrides})

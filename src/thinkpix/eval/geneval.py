@@ -1,0 +1,74 @@
+"""GenEval generation in the official layout, and scoring of such a folder with the Shapes scorer.
+
+Layout (djghosh13/geneval, generation/diffusers_generate.py)::
+
+    <out>/<index:05d>/metadata.jsonl      one line: the prompt's metadata record
+    <out>/<index:05d>/samples/<n:05d>.png one file per sample
+
+so a folder written here can also go to the official evaluator (evaluation/evaluate_images.py)
+for real models. Any pipeline that ``thinkpix.train.TrainTarget`` drives works, including a
+diffusers ``StableDiffusion3Pipeline``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..shapes.metadata import validate_metadata
+from ..shapes.score import GenEvalResult, score_image, summarize
+from ..train.targets import TrainTarget
+from ..train.validation import to_uint8
+
+
+def generate_geneval(target: TrainTarget, records: list[dict], out: str | Path, samples: int = 4, seed: int = 0,
+                     steps: int = 20, guidance_scale: float = 4.0, batch_size: int = 32, progress: bool = True) -> Path:
+    """Sample ``samples`` images per metadata record into the GenEval layout.
+
+    Images are drawn ``batch_size`` at a time, each batch from a generator seeded with ``seed`` plus the
+    offset of its first image, so a run is reproducible for a given ``batch_size``.
+    """
+    out = Path(out)
+    jobs = [(i, n) for i in range(len(records)) for n in range(samples)]
+    for i, record in enumerate(records):
+        folder = out / f"{i:05d}"
+        (folder / "samples").mkdir(parents=True, exist_ok=True)
+        (folder / "metadata.jsonl").write_text(json.dumps(validate_metadata(record, f"record {i}")) + "\n")
+    for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc="geneval", unit="batch"):
+        batch = jobs[start : start + batch_size]
+        images = to_uint8(target.sample([records[i]["prompt"] for i, _ in batch], seed=seed + start, steps=steps,
+                                        guidance_scale=guidance_scale))
+        for (i, n), image in zip(batch, images):
+            Image.fromarray(image).save(out / f"{i:05d}" / "samples" / f"{n:05d}.png")
+    return out
+
+
+def score_geneval_folder(folder: str | Path) -> tuple[dict[str, float], list[GenEvalResult]]:
+    """Score every ``<index>/samples/*.png`` against its ``metadata.jsonl``: (per-tag and overall, results)."""
+    folder = Path(folder)
+    prompt_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and (p / "metadata.jsonl").is_file())
+    if not prompt_dirs:
+        raise ValueError(f"{folder} has no GenEval prompt folders (<index>/metadata.jsonl + samples/)")
+    results = []
+    for prompt_dir in prompt_dirs:
+        metadata = validate_metadata(json.loads((prompt_dir / "metadata.jsonl").read_text().splitlines()[0]),
+                                     str(prompt_dir / "metadata.jsonl"))
+        for image_path in sorted((prompt_dir / "samples").glob("*.png")):
+            with Image.open(image_path) as image:
+                results.append(score_image(np.asarray(image.convert("RGB")), metadata))
+    return summarize(results), results
+
+
+def format_scores(rows: dict[str, dict[str, float]]) -> str:
+    """A markdown table: one row per model, GenEval's columns, scores in percent."""
+    columns = ["overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"]
+    present = [c for c in columns if any(c in r for r in rows.values())]
+    lines = ["| model | " + " | ".join(present) + " |", "| --- |" + " ---: |" * len(present)]
+    for name, scores in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * scores[c]:.1f}" if c in scores else "-" for c in present)
+                     + " |")
+    return "\n".join(lines)
