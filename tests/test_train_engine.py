@@ -32,8 +32,8 @@ def caption_folder(root: Path, n: int = 8, size: int = 16) -> Path:
 def class_folder(root: Path, n: int = 8, size: int = 8) -> Path:
     rng = np.random.default_rng(1)
     for i in range(n):
-        (root / f"class{i % 3}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / f"class{i % 3}/{i}.png")
+        (root / f"{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / f"{i % 3}/{i}.png")
     return root
 
 
@@ -123,7 +123,7 @@ def test_bad_inputs_give_one_clear_error_line(dit_setup, tmp_path, capsys):
     pipe_dir, data_dir = dit_setup
     (tmp_path / "empty").mkdir()
     broken = class_folder(tmp_path / "broken")
-    (broken / "class0" / "bad.png").write_bytes(b"not a png")
+    (broken / "0" / "bad.png").write_bytes(b"not a png")
     transformer_only = tmp_path / "transformer"
     load_pipeline(pipe_dir).transformer.save_pretrained(transformer_only)
     base = ["finetune", "--output-dir", str(tmp_path / "out"), "--max-steps", "1", "--report-to", "none"]

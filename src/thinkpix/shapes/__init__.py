@@ -11,7 +11,10 @@
 * :mod:`~thinkpix.shapes.text`: vocabulary, word-level tokenizer, tiny CLIP text encoder (imported
   lazily here, since it loads torch and transformers);
 * :mod:`~thinkpix.shapes.dataset` / :mod:`~thinkpix.shapes.accuracy`: dataset export and the
-  scorer-accuracy measurement.
+  scorer-accuracy measurement;
+* :mod:`~thinkpix.shapes.models`: ``SHAPES_MODELS``, the pixel-space MMDiT and DiT presets;
+* :mod:`~thinkpix.shapes.pipeline_t2i` / :mod:`~thinkpix.shapes.pipeline_class`: the text-to-image
+  and class-conditional diffusers pipelines (these three are imported lazily too).
 """
 
 from importlib import import_module
@@ -43,6 +46,14 @@ _TEXT_API = (
     "tiny_text_encoder",
     "validate_prompt",
 )
+_MODEL_API = ("CLASS_NAMES", "SHAPES_MODELS", "build_model", "middle_layer", "three_layers")
+_LAZY = {
+    **dict.fromkeys(_TEXT_API, "thinkpix.shapes.text"),
+    **dict.fromkeys(_MODEL_API, "thinkpix.shapes.models"),
+    "ShapesTextToImagePipeline": "thinkpix.shapes.pipeline_t2i",
+    "encode_text": "thinkpix.shapes.pipeline_t2i",
+    "ShapesClassPipeline": "thinkpix.shapes.pipeline_class",
+}
 
 __all__ = [
     "COLORS",
@@ -83,11 +94,11 @@ __all__ = [
     "training_samples",
     "validate_metadata",
     "write_metadata_jsonl",
-    *_TEXT_API,
+    *_LAZY,
 ]
 
 
 def __getattr__(name: str) -> object:
-    if name in _TEXT_API:
-        return getattr(import_module("thinkpix.shapes.text"), name)
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'thinkpix.shapes' has no attribute {name!r}")

@@ -25,6 +25,8 @@ class TrainConfig:
 
     ``method``: ``"rsr"`` (experts + gate), ``"sft"`` (plain LoRA: RSR with M=1, T=1 on the same layers),
     or ``"full"`` (every transformer parameter; used to pretrain the Shapes bases).
+    ``condition_dropout``: share of captions replaced by the empty prompt, so that classifier-free
+    guidance has an unconditional model (class models drop labels inside DiT's label embedding).
     ``layers``: block indices, or ``"middle"`` (L // 2, the paper's layer 12 of 24) or ``"three"``
     (L/6, L/3, L/2 rounded, the paper's 4, 8, 12 of 24).
     """
@@ -50,6 +52,7 @@ class TrainConfig:
     checkpointing_steps: int = 500
     checkpoints_total_limit: int = 2
     validation_steps: int = 0
+    condition_dropout: float = 0.0
     logit_mean: float = 0.0
     logit_std: float = 1.0
     max_grad_norm: float = 1.0
@@ -79,6 +82,8 @@ class TrainConfig:
             _fail("adam_beta1/adam_beta2", (self.adam_beta1, self.adam_beta2), "numbers in [0, 1)")
         if self.weight_decay < 0:
             _fail("weight_decay", self.weight_decay, "a number >= 0")
+        if not 0 <= self.condition_dropout < 1:
+            _fail("condition_dropout", self.condition_dropout, "a number in [0, 1)")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             _fail("ema_decay", self.ema_decay, "None or a number in (0, 1)")
         if self.validation_steps < 0 or self.seed < 0:
@@ -126,7 +131,8 @@ PRESETS: dict[str, TrainConfig] = {
     "shapes-three": replace(PAPER, rank=16, batch_size=32, learning_rate=1e-3, max_steps=300,
                             checkpointing_steps=100, validation_steps=100, layers="three"),
     "shapes-pretrain": replace(PAPER, method="full", learning_rate=1e-3, batch_size=64, max_steps=4000,
-                               checkpointing_steps=500, validation_steps=1000, max_grad_norm=1.0),
+                               checkpointing_steps=500, validation_steps=1000, max_grad_norm=1.0,
+                               condition_dropout=0.1),
 }
 
 

@@ -98,6 +98,8 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
                          f"x processes = {cfg.gradient_accumulation_steps * world}")
     if data.kind != target.kind:
         raise ValueError(f"the model is {target.kind}-conditioned but the data folder is a {data.kind} folder")
+    if data.kind == "class" and target.label_map is None:
+        target.map_classes(data.class_names)
     named = trainable_parameters(target, cfg)
     params = list(named.values())
     for p in params:
@@ -141,7 +143,11 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
             index = batch_indices(len(data), micro_batch, k, cfg.seed, rank, world)
             x0 = target.latents(data.pixels(index).to(accelerator.device), g)
             if data.kind == "caption":
-                cond = target.conditions(captions=[data.captions[i] for i in index.tolist()])
+                captions = [data.captions[i] for i in index.tolist()]
+                if cfg.condition_dropout:
+                    drop = torch.rand(len(captions), generator=g) < cfg.condition_dropout
+                    captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+                cond = target.conditions(captions=captions)
             else:
                 cond = target.conditions(labels=data.labels[index].to(accelerator.device))
 

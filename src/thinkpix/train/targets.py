@@ -63,6 +63,7 @@ class TrainTarget:
     """A loaded pipeline plus the conversions the training loop needs."""
 
     pipeline: object
+    label_map: Tensor | None = None  # class-folder index -> pipeline class id (see map_classes)
 
     def __post_init__(self) -> None:
         if hasattr(self.pipeline, "set_progress_bar_config"):
@@ -105,7 +106,23 @@ class TrainTarget:
             return self.text_conditions(captions)
         if labels is None:
             raise ValueError("this model is class-conditioned: the data folder needs class sub-folders")
-        return {"class_labels": labels}
+        return {"class_labels": self.label_map.to(labels.device)[labels] if self.label_map is not None else labels}
+
+    def map_classes(self, class_names: list[str]) -> None:
+        """Map a class folder's (sorted) folder names to the pipeline's class ids.
+
+        Folder names the pipeline knows as labels (``get_label_ids``) map to those ids; integer folder
+        names are used as ids; anything else is an error (the ids would silently mean other classes).
+        """
+        known = getattr(self.pipeline, "labels", None) or {}
+        if hasattr(self.pipeline, "get_label_ids") and all(name in known for name in class_names):
+            ids = self.pipeline.get_label_ids(list(class_names))
+        elif all(name.isdigit() for name in class_names):
+            ids = [int(name) for name in class_names]
+        else:
+            unknown = [n for n in class_names if n not in known][:5]
+            raise ValueError(f"class folders {unknown} are neither labels of this pipeline nor integer class ids")
+        self.label_map = torch.tensor(ids)
 
     @torch.no_grad()
     def sample(self, conditions: list, seed: int, steps: int = 20, guidance_scale: float = 4.0):
