@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from tiny import tiny_dit_pipeline, tiny_sd3_pipeline
 
 from thinkpix.cli import main
 from thinkpix.models.checkpoint import rsr_state_dict
 from thinkpix.train import TrainConfig, TrainingDiverged, TrainTarget, load_image_folder, load_pipeline, train
 from thinkpix.train.state import list_checkpoints
+from tiny import tiny_dit_pipeline, tiny_sd3_pipeline
 
 
 def caption_folder(root: Path, n: int = 8, size: int = 16) -> Path:

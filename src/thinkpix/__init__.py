@@ -1,5 +1,6 @@
 """thinkpix: Recursive Sparse Reasoning (arXiv 2604.25299) for diffusers transformers."""
 
+from .analysis import flops
 from .core import (
     ExpertBank,
     GateDecision,
@@ -10,7 +11,6 @@ from .core import (
     RSRStep,
     balance_loss,
 )
-from .analysis import flops
 from .models import (
     RoutingRecord,
     RoutingTrace,
