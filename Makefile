@@ -7,7 +7,7 @@ TORCH_PIP_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.thinkpix-installed
 
-.PHONY: venv test test-slow lint demo clean
+.PHONY: venv test test-slow lint demo bases clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/thinkpix demo --out runs/demo
+
+bases: $(STAMP)  # re-train the shipped Shapes bases (about an hour on 2 cores)
+	bash scripts/pretrain_bases.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -124,6 +124,32 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate_geneval(args: argparse.Namespace) -> int:
+    from .eval.geneval import generate_geneval
+    from .sampling import load_target
+    from .shapes.metadata import read_metadata_jsonl
+    from .shapes.prompts import evaluation_metadata, training_metadata
+
+    if args.metadata:
+        records = read_metadata_jsonl(args.metadata)
+    else:
+        records = evaluation_metadata() if args.split == "eval" else training_metadata()
+    target = load_target(args.model, args.rsr)
+    print(generate_geneval(target, records[: args.limit], args.out, samples=args.samples, seed=args.seed,
+                           steps=args.num_inference_steps, guidance_scale=args.guidance_scale))
+    return 0
+
+
+def _eval_geneval(args: argparse.Namespace) -> int:
+    from .eval.geneval import format_scores, score_geneval_folder
+
+    scores, results = score_geneval_folder(args.folder)
+    print(format_scores({Path(args.folder).name: scores}))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"scores": scores, "images": len(results)}, indent=2))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from .core.config import RSRConfig
 
@@ -173,6 +199,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a much shorter run (for tests)")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("generate", help="sample a benchmark's prompts in its official layout")
+    gen = p.add_subparsers(dest="benchmark", required=True)
+    p = gen.add_parser("geneval", help="GenEval layout: <out>/<index>/metadata.jsonl + samples/<n>.png")
+    p.add_argument("--model", required=True, help="pipeline folder, hub id, or shapes-t2i")
+    p.add_argument("--rsr", default=None, help="RSR checkpoint folder to load into the transformer")
+    p.add_argument("--metadata", help="GenEval metadata jsonl (default: the Shapes held-out set, see --split)")
+    p.add_argument("--split", choices=("eval", "train"), default="eval")
+    p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    p.add_argument("--samples", type=int, default=4, help="images per prompt (GenEval: 4)")
+    p.add_argument("--num-inference-steps", type=int, default=20)
+    p.add_argument("--guidance-scale", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_generate_geneval)
+
+    p = sub.add_parser("eval", help="score a folder written by `thinkpix generate`")
+    ev = p.add_subparsers(dest="benchmark", required=True)
+    p = ev.add_parser("geneval", help="per-tag and overall GenEval scores with the Shapes detector")
+    p.add_argument("folder")
+    p.add_argument("--json", help="also write the scores to this file")
+    p.set_defaults(func=_eval_geneval)
 
     try:
         from .shapes.cli import add_shapes_parser

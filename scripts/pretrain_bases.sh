@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Produce the shipped Shapes bases (src/thinkpix/assets/shapes-t2i, shapes-class) and their scores.
+# `make bases` runs this. Steps are resumable: rerunning continues from the last checkpoint.
+# T2I_STEPS / CLASS_STEPS / THREADS override the budget (defaults: the shipped run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T2I_STEPS=${T2I_STEPS:-1200}
+CLASS_STEPS=${CLASS_STEPS:-1500}
+export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
+TP=.venv/bin/thinkpix
+OUT=runs/pretrain
+mkdir -p "$OUT"
+
+test -f $OUT/data-t2i/metadata.jsonl || $TP shapes make-dataset --out $OUT/data-t2i --n 20000 --seed 0 --variant caption --split train
+test -d $OUT/data-class || $TP shapes make-dataset --out $OUT/data-class --n 20000 --seed 1 --variant class --split train
+
+$TP pretrain --model mmdit-s --train-data-dir $OUT/data-t2i --output-dir $OUT/t2i --max-steps "$T2I_STEPS" \
+  --batch-size 64 --checkpointing-steps 100 --validation-steps 300 --resume-from-checkpoint latest \
+  --validation-prompt "a photo of a red circle" --validation-prompt "a photo of two blue squares" \
+  --validation-prompt "a photo of a green triangle left of a yellow circle" --validation-prompt "a photo of a cyan diamond"
+$TP pretrain --model dit-s --train-data-dir $OUT/data-class --output-dir $OUT/class --max-steps "$CLASS_STEPS" \
+  --batch-size 64 --checkpointing-steps 100 --validation-steps 500 --resume-from-checkpoint latest
+
+rm -rf src/thinkpix/assets/shapes-t2i src/thinkpix/assets/shapes-class
+mkdir -p src/thinkpix/assets
+cp -r $OUT/t2i/pipeline src/thinkpix/assets/shapes-t2i
+cp -r $OUT/class/pipeline src/thinkpix/assets/shapes-class
+
+$TP generate geneval --model shapes-t2i --split eval --samples 4 --out $OUT/geneval-base
+$TP eval geneval $OUT/geneval-base --json docs/results/shapes_base_geneval.json
