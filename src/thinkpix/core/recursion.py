@@ -112,9 +112,8 @@ class RecursiveSparseReasoning(nn.Module):
             if self.gradient_checkpointing and torch.is_grad_enabled() and active is None:
                 # The gate decision (and its Gumbel noise) stays outside the checkpoint so that
                 # recomputation in backward sees the same route without replaying the generator.
-                vision = checkpoint(self._intermediate, h, decision.index, decision.weights, attend,
-                                    use_reentrant=False)
-                new_state = vision + x
+                vision, new_state = checkpoint(self._checkpointed_step, h, decision.index, decision.weights, x,
+                                               attend, use_reentrant=False)
             else:
                 vision, new_state, cache = self._intermediate_step(h, decision, attend, x, state, active, cache)
             if ponder is not None:
@@ -148,5 +147,7 @@ class RecursiveSparseReasoning(nn.Module):
             dq, dk, dv = base[0] + dq, base[1] + dk, base[2] + dv
         return attend(dq, dk, dv)
 
-    def _intermediate(self, h: Tensor, index: Tensor, weights: Tensor, attend: AttendFn) -> Tensor:
-        return self._step(h, GateDecision(index, weights, weights, None), None, attend)[0]
+    def _checkpointed_step(self, h: Tensor, index: Tensor, weights: Tensor, x: Tensor, attend: AttendFn):
+        vision, new_state, _ = self._intermediate_step(h, GateDecision(index, weights, weights, None), attend, x, x,
+                                                       None, None)
+        return vision, new_state
