@@ -120,3 +120,15 @@ def test_force_routing_with_a_sequence_and_bad_routes(tmp_path):
     bad_batch = torch.zeros(3, 2, dtype=torch.long)
     with pytest.raises(ValueError, match="routes for 3 samples"), torch.no_grad(), force_routing(model, bad_batch):
         model(**dit_inputs(batch=4))
+
+
+def test_trace_can_record_the_input_of_every_latent_step(tmp_path):
+    model = tiny_dit(tmp_path / "m")
+    apply_rsr(model, RSRConfig(num_experts=2, latent_steps=3, rank=4, layers=(1,)))
+    with torch.no_grad(), routing_trace(model, states=True) as trace:
+        model(**dit_inputs())
+    (record,) = trace.records
+    assert record.states.shape == (3, 2, 16, 16)
+    with torch.no_grad(), routing_trace(model) as trace:
+        model(**dit_inputs())
+    assert trace.records[0].states is None

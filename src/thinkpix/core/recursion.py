@@ -39,6 +39,7 @@ class RSRStep(NamedTuple):
     probs: Tensor  # (B, N, M) fp32 gate probabilities
     logits: Tensor | None  # (B, N, M) fp32 differentiable logits (None: gate not evaluated)
     active: Tensor | None = None  # (B, N) bool: tokens that ran this step (None: all; see halting)
+    state: Tensor | None = None  # (B, N, D) detached input h_t of the step, when ``record_states`` is on
 
 
 class RSROutput(NamedTuple):
@@ -67,6 +68,7 @@ class RecursiveSparseReasoning(nn.Module):
                                        routing=config.routing, gate_input=config.gate_input, seed=seed)
             self.halt_head = HaltingHead(dim) if config.halting == "learned" else None
         self.gradient_checkpointing = False  # recompute each intermediate step in backward (saves memory)
+        self.record_states = False  # keep every step's input in RSRStep.state (token trajectories, Fig. 3)
 
     def forward(
         self,
@@ -103,7 +105,8 @@ class RecursiveSparseReasoning(nn.Module):
                 state = ponder.mixture  # ACT: the halting-weighted mixture of the intermediate states
             h = state if t == 0 or not cfg.remodulate or modulate is None else modulate(state)
             decision = self.gate(h, None if context is None else context[t], None if forced is None else forced[t])
-            steps.append(RSRStep(decision.index, decision.probs, decision.logits, None if last else active))
+            steps.append(RSRStep(decision.index, decision.probs, decision.logits, None if last else active,
+                                 h.detach() if self.record_states else None))
             if decision.logits is not None:  # routed by the gate (not M=1, not random routing)
                 losses.append(balance_loss(decision.probs, decision.index))
             if last:

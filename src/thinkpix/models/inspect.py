@@ -21,6 +21,7 @@ class RoutingRecord(NamedTuple):
     timestep: Tensor | None  # (B,) diffusion timestep of each sample, fp32
     experts: Tensor  # (T, B, N) long: chosen expert of every token at every latent step
     probs: Tensor  # (T, B, N, M) fp32: gate probabilities
+    states: Tensor | None = None  # (T, B, N, D) fp32 input of every latent step (``routing_trace(states=True)``)
 
 
 class RoutingTrace:
@@ -35,9 +36,12 @@ class RoutingTrace:
         probs = torch.stack([s.probs for s in steps]).detach().float().cpu()
         if timestep is not None:
             timestep = torch.as_tensor(timestep).detach().float().cpu().reshape(-1).expand(experts.shape[1]).clone()
+        states = None
+        if steps[0].state is not None:
+            states = torch.stack([s.state for s in steps]).float().cpu()
         call = self._calls.get(layer, 0)
         self._calls[layer] = call + 1
-        self.records.append(RoutingRecord(layer, call, timestep, experts, probs))
+        self.records.append(RoutingRecord(layer, call, timestep, experts, probs, states))
 
     @property
     def layers(self) -> list[int]:
@@ -51,15 +55,24 @@ class RoutingTrace:
 
 
 @contextmanager
-def routing_trace(transformer: nn.Module) -> Iterator[RoutingTrace]:
-    """Record, per RSR layer and forward call, the timestep and every token's route at every latent step."""
-    session = _require_install(transformer).session
+def routing_trace(transformer: nn.Module, states: bool = False) -> Iterator[RoutingTrace]:
+    """Record, per RSR layer and forward call, the timestep and every token's route at every latent step.
+
+    With ``states=True`` the input of every latent step is recorded too (for token trajectories; memory
+    grows with T x tokens x width per call).
+    """
+    install = _require_install(transformer)
+    session = install.session
     previous, trace = session.trace, RoutingTrace()
     session.trace = trace
+    for proc in install.processors.values():
+        proc.rsr.record_states = states
     try:
         yield trace
     finally:
         session.trace = previous
+        for proc in install.processors.values():
+            proc.rsr.record_states = False
 
 
 def _as_route(experts: Sequence[int] | Tensor, steps: int, num_experts: int) -> Tensor:
