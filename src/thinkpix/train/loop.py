@@ -203,7 +203,7 @@ def _validate(target: TrainTarget, validation: list, out_dir: Path, step: int, a
     target.transformer.eval()
     images = target.sample(validation, seed=0)
     target.transformer.train()
-    save_grid(images, out_dir / "validation" / f"step-{step:06d}.png")
+    save_grid(images, out_dir / "validation" / f"step-{step:06d}.png", scale=4)
     if accelerator is not None:
         tracker = accelerator.get_tracker("tensorboard", unwrap=False)
         if hasattr(tracker, "log_images"):
