@@ -34,6 +34,8 @@ def _pipeline_class(name: str):
 def load_pipeline(name_or_path: str | Path, torch_dtype: torch.dtype = torch.float32):
     """Load a supported pipeline from a shipped name (``shapes-t2i``, ``shapes-class``), a folder, or a hub id."""
     path = SHIPPED.get(str(name_or_path), Path(name_or_path))
+    if str(name_or_path) in SHIPPED and not (path / "model_index.json").is_file():
+        raise ValueError(f"the shipped base {name_or_path} is missing from {path}: run `make bases` to train it")
     supported = ", ".join(TEXT_PIPELINES + CLASS_PIPELINES)
     index = path / "model_index.json"
     if path.is_dir():

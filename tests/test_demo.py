@@ -1,0 +1,22 @@
+"""`thinkpix demo --quick` end to end on the shipped Shapes base (the path `make demo` takes, shortened)."""
+
+import json
+
+import pytest
+
+from thinkpix.cli import main
+from thinkpix.train.targets import SHIPPED
+
+
+@pytest.mark.skipif(not (SHIPPED["shapes-t2i"] / "model_index.json").is_file(), reason="shipped base not built")
+def test_quick_demo_writes_a_report_with_scores(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "| base |" in table and "RSR" in table
+    report = (tmp_path / "report.md").read_text()
+    assert "Shapes-GenEval" in report and "routing.png" in report
+    for name in ("routing.png", "base_grid.png", "rsr_grid.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert all(0.0 <= row["overall"] <= 1.0 for row in scores.values())
+    assert (tmp_path / "finetune" / "rsr" / "rsr_weights.safetensors").is_file()
