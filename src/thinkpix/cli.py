@@ -1,4 +1,5 @@
-"""The ``thinkpix`` command line: ``pretrain``, ``finetune``, ``sample``, ``demo``, ``shapes``, ``info``, ``inspect``.
+"""The ``thinkpix`` command line: ``pretrain``, ``finetune``, ``sample``, ``demo``, ``shapes``, ``analyze``, ``info``,
+``inspect``.
 
 Option names follow diffusers' LoRA training scripts (``--pretrained-model-name-or-path``,
 ``--rank``, ``--checkpointing-steps``, ``--resume-from-checkpoint latest``, ``--validation-prompt``,
@@ -57,6 +58,15 @@ def _add_train_options(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--step-checkpointing", action="store_true", default=None,
                    help="activation checkpointing across latent steps (less memory, more compute)")
     p.add_argument("--seed", type=int)
+
+
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="pipeline folder, hub id, or shapes-t2i / shapes-class")
+    p.add_argument("--rsr", default=None, help="RSR checkpoint folder to load into the transformer")
+    p.add_argument("--num-inference-steps", type=int, default=20)
+    p.add_argument("--guidance-scale", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
 
 
 def _train_config(args: argparse.Namespace, **fixed):
@@ -183,16 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("sample", help="sample prompts or classes to a PNG grid plus individual files")
-    p.add_argument("--model", required=True, help="pipeline folder, hub id, or shapes-t2i / shapes-class")
-    p.add_argument("--rsr", default=None, help="RSR checkpoint folder to load into the transformer")
+    _add_sampling_options(p)
     p.add_argument("--prompt", action="append", help="repeatable")
     p.add_argument("--prompts-file", help="one prompt per line")
     p.add_argument("--class-label", action="append", help="class id, repeatable")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt/class")
-    p.add_argument("--num-inference-steps", type=int, default=20)
-    p.add_argument("--guidance-scale", type=float, default=4.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
     p.set_defaults(func=_sample)
 
     p = sub.add_parser("demo", help="fine-tune RSR on the Shapes world, sample held-out prompts, score, report")
@@ -203,16 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="sample a benchmark's prompts in its official layout")
     gen = p.add_subparsers(dest="benchmark", required=True)
     p = gen.add_parser("geneval", help="GenEval layout: <out>/<index>/metadata.jsonl + samples/<n>.png")
-    p.add_argument("--model", required=True, help="pipeline folder, hub id, or shapes-t2i")
-    p.add_argument("--rsr", default=None, help="RSR checkpoint folder to load into the transformer")
+    _add_sampling_options(p)
     p.add_argument("--metadata", help="GenEval metadata jsonl (default: the Shapes held-out set, see --split)")
     p.add_argument("--split", choices=("eval", "train"), default="eval")
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     p.add_argument("--samples", type=int, default=4, help="images per prompt (GenEval: 4)")
-    p.add_argument("--num-inference-steps", type=int, default=20)
-    p.add_argument("--guidance-scale", type=float, default=4.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
     p.set_defaults(func=_generate_geneval)
 
     p = sub.add_parser("eval", help="score a folder written by `thinkpix generate`")
@@ -228,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_shapes_parser = None
     if add_shapes_parser is not None:
         add_shapes_parser(sub)
+
+    from .analysis.routing import add_analyze_parser
+
+    add_analyze_parser(sub)
 
     p = sub.add_parser("info", help="print the version and an RSRConfig as JSON")
     p.add_argument("--num-experts", type=int, default=2)
