@@ -222,15 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the scores to this file")
     p.set_defaults(func=_eval_geneval)
 
-    try:
-        from .shapes.cli import add_shapes_parser
-    except ImportError:  # the Shapes CLI module is optional at import time
-        add_shapes_parser = None
-    if add_shapes_parser is not None:
-        add_shapes_parser(sub)
-
     from .analysis.routing import add_analyze_parser
+    from .shapes.cli import add_shapes_parser
 
+    add_shapes_parser(sub)
     add_analyze_parser(sub)
 
     p = sub.add_parser("info", help="print the version and an RSRConfig as JSON")
