@@ -8,8 +8,10 @@ Two dispatch paths compute the same function:
 
 * ``sorted`` (default): tokens are sorted by expert once per latent step (stable argsort and
   counts, as Punica / S-LoRA / vLLM do for multi-adapter batches), each expert runs one matmul on
-  its contiguous segment for Q, K and V together, and the result is put back in token order.
-  Work is that of one LoRA, whatever M is.
+  its contiguous segment for Q, K and V together, and each piece is written straight back to token
+  order. Work is that of one LoRA, whatever M is; both permutations have gather backwards and the
+  factors are unbound once, so the backward allocates no M-fold buffers (measured in
+  ``benchmarks/dispatch.py``).
 * ``dense``: every expert runs on every token and the outputs are mixed by the routing weights.
   It costs M times as much and is the correctness reference; with the straight-through weights of
   the Gumbel-softmax it also gives the gate the *exact* straight-through gradient (see ``gate.py``).
@@ -23,6 +25,39 @@ import torch
 from torch import Tensor, nn
 
 from .config import DISPATCHES
+
+
+class _Permute(torch.autograd.Function):
+    """Rows of ``t`` in the order ``perm``; the backward is a gather with the inverse permutation
+    (``index_select``'s own backward zero-fills a full buffer and scatter-adds into it)."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, perm: Tensor, inverse: Tensor) -> Tensor:
+        ctx.save_for_backward(inverse)
+        return t.index_select(0, perm)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
+class _Unsort(torch.autograd.Function):
+    """Write each expert's (3, n_m, D) piece straight to token order (no ``torch.cat``); backward is one gather."""
+
+    @staticmethod
+    def forward(ctx, order: Tensor, counts: list[int], *pieces: Tensor) -> Tensor:
+        ctx.save_for_backward(order)
+        ctx.counts = counts
+        out = pieces[0].new_empty(3, order.numel(), pieces[0].shape[-1])
+        for rows, piece in zip(order.split(counts), pieces):
+            out.index_copy_(1, rows, piece)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (order,) = ctx.saved_tensors
+        return None, None, *grad.index_select(1, order).split(ctx.counts, dim=1)
 
 
 class ExpertBank(nn.Module):
@@ -81,28 +116,26 @@ class ExpertBank(nn.Module):
             return self._dense(x2, w)
         raise ValueError(f"dispatch={dispatch!r} is invalid: allowed values are {DISPATCHES}")
 
-    def _segment(self, m: int, x: Tensor, w: Tensor) -> Tensor:
-        """Expert m on a segment of tokens: (n_m, D) -> (3, n_m, D_out)."""
-        h = (x @ self.lora_A[m]) * (w * self.scaling).to(x.dtype)[:, None]  # (n_m, 3r); weight on the small side
+    def _segment(self, a: Tensor, b: Tensor, x: Tensor, w: Tensor) -> Tensor:
+        """One expert (A (D, 3r), B (3, r, D_out)) on a segment of tokens: (n_m, D) -> (3, n_m, D_out)."""
+        h = (x @ a.to(x.dtype)) * (w * self.scaling).to(x.dtype)[:, None]  # (n_m, 3r); weight on the small side
         h = h.view(-1, 3, self.rank).transpose(0, 1)  # (3, n_m, r)
-        return torch.bmm(h, self.lora_B[m].to(h.dtype))  # (3, n_m, D_out)
+        return torch.bmm(h, b.to(h.dtype))  # (3, n_m, D_out)
 
     def _sorted(self, x: Tensor, idx: Tensor, w: Tensor) -> Tensor:
         counts = torch.bincount(idx, minlength=self.num_experts).tolist()
         busy = [m for m, c in enumerate(counts) if c]
         if len(busy) == 1:  # all tokens on one expert: nothing to sort
-            return self._segment(busy[0], x, w)
+            return self._segment(self.lora_A[busy[0]], self.lora_B[busy[0]], x, w)
         order = torch.argsort(idx, stable=True)  # one sort, shared by Q, K and V
-        xs, ws = x.index_select(0, order), w.index_select(0, order)
-        pieces = [
-            self._segment(m, xm, wm)
-            for m, xm, wm in zip(range(self.num_experts), xs.split(counts), ws.split(counts))
-            if counts[m]
-        ]
-        ys = torch.cat(pieces, dim=1)  # (3, n, D_out) in sorted order
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
-        return ys.index_select(1, inverse)
+        xs, ws = _Permute.apply(x, order, inverse), w.index_select(0, order)
+        # unbind once: indexing a parameter per expert would build M zero-filled full-size gradients
+        a_all, b_all = self.lora_A.unbind(0), self.lora_B.unbind(0)
+        pieces = [self._segment(a_all[m], b_all[m], xm, wm)
+                  for m, xm, wm in zip(range(self.num_experts), xs.split(counts), ws.split(counts)) if counts[m]]
+        return _Unsort.apply(order, [counts[m] for m in busy], *pieces)  # (3, n, D_out) in token order
 
     def _dense(self, x: Tensor, w: Tensor) -> Tensor:
         h = torch.einsum("nd,mdk->mnk", x, self.lora_A.to(x.dtype))  # (M, n, 3r): every expert on every token
