@@ -21,10 +21,15 @@ $TP pretrain --model mmdit-s --train-data-dir $OUT/data-t2i --output-dir $OUT/t2
 $TP pretrain --model dit-s --train-data-dir $OUT/data-class --output-dir $OUT/class --max-steps "$CLASS_STEPS" \
   --batch-size 64 --checkpointing-steps 100 --validation-steps 500 --resume-from-checkpoint latest
 
+# Ship in fp16 (half the bytes in the repo); load_pipeline upcasts to fp32 on load.
+ship() {
+  .venv/bin/python -c "import sys, torch, thinkpix.train.targets as t; \
+p = t.load_pipeline(sys.argv[1]); p.to(torch.float16); p.save_pretrained(sys.argv[2])" "$1" "$2"
+}
 rm -rf src/thinkpix/assets/shapes-t2i src/thinkpix/assets/shapes-class
 mkdir -p src/thinkpix/assets
-cp -r $OUT/t2i/pipeline src/thinkpix/assets/shapes-t2i
-cp -r $OUT/class/pipeline src/thinkpix/assets/shapes-class
+ship $OUT/t2i/pipeline src/thinkpix/assets/shapes-t2i
+ship $OUT/class/pipeline src/thinkpix/assets/shapes-class
 
 $TP generate geneval --model shapes-t2i --split eval --samples 4 --out $OUT/geneval-base
 $TP eval geneval $OUT/geneval-base --json docs/results/shapes_base_geneval.json
