@@ -47,7 +47,7 @@ def plot_usage_heatmap(trace: RoutingTrace, layer: int, path: str | Path, bucket
         if e == 0:
             ax.set_ylabel("latent step", fontsize=8)
     fig.colorbar(image, ax=axes[0, :].tolist(), shrink=0.8, label="share of tokens")
-    fig.suptitle(f"expert usage, layer {layer}", fontsize=10)
+    fig.suptitle(f"expert usage, layer {layer}", fontsize=10, y=1.04)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
