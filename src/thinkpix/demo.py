@@ -24,7 +24,7 @@ from .shapes.prompts import evaluation_metadata
 from .train import TrainTarget, load_image_folder, load_pipeline, preset, train
 from .train.validation import save_grid
 
-FULL = dict(train_images=2000, max_steps=150, samples=1, eval_steps=20)
+FULL = dict(train_images=2000, max_steps=300, samples=2, eval_steps=20)
 QUICK = dict(train_images=64, max_steps=4, samples=1, eval_steps=4, prompts=12)
 
 
