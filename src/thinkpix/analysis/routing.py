@@ -10,7 +10,7 @@ lowest-noise occupied timestep buckets are compared at every latent step by thei
 distance ``TV(p, q) = 1/2 sum_e |p_e - q_e|`` (0: same usage, 1: disjoint experts); the layer
 specialises across timesteps when the mean over latent steps is at least ``SPECIALISATION_TV``
 (0.2: a fifth of the tokens change expert between the two ends of sampling). A uniformly random
-gate gives a TV of order ``sqrt(M / tokens per bucket)`` (about 0.02 for a thousand tokens). The
+gate gives a TV of at most about ``sqrt(M / tokens per bucket)`` (0.04 for M=2 and 1500 tokens). The
 criterion only sees the two ends of sampling; ``max_pair`` reports the most different pair of any
 occupied buckets (a diagnostic for non-monotonic use, not part of the verdict).
 

@@ -1,0 +1,123 @@
+"""Where the time of one RSR attention layer goes: torch.profiler per-op table, forward + backward.
+
+    python benchmarks/layer_profile.py                       # DiT-XL/2 layer: N=256, D=1152, 16 heads, M=5, T=5
+    python benchmarks/layer_profile.py --tokens 8192 --experts 8 --steps 2
+
+The layer is ``thinkpix.RecursiveSparseReasoning`` on a hand-written self-attention host (frozen Q/K/V, SDPA,
+the block's LN modulation), in training mode, next to the same host with one plain LoRA (rank r) on Q/K/V.
+Prints self CPU time per op (ms per iteration) for both and their difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from benchmarks.paths import GroupedLoRA, sort_tokens
+from thinkpix import ExpertBank, RecursiveSparseReasoning, RSRConfig
+
+
+class Host(nn.Module):
+    """Frozen self-attention pieces of a DiT block: Q/K/V projections, SDPA, adaLN-style modulation."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.ModuleList(nn.Linear(dim, dim) for _ in range(3)).requires_grad_(False)
+        self.shift, self.scale = torch.randn(1, 1, dim) * 0.1, torch.randn(1, 1, dim) * 0.1
+
+    def base_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.qkv[0](x), self.qkv[1](x), self.qkv[2](x)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, None]:
+        b, n, d = q.shape
+        q, k, v = (t.view(b, n, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d), None
+
+    def modulate(self, h: Tensor) -> Tensor:
+        return F.layer_norm(h, h.shape[-1:]) * (1 + self.scale) + self.shift
+
+
+def use_grouped_fn(bank: ExpertBank) -> None:
+    """Swap the bank's sorted path for the experimental ``GroupedLoRA`` (benchmarks/paths.py) on this instance."""
+    core = bank._sorted
+
+    def grouped(x: Tensor, idx: Tensor, w: Tensor) -> Tensor:
+        counts, order, inverse = sort_tokens(idx, bank.num_experts)
+        if sum(1 for count in counts if count) == 1:
+            return core(x, idx, w)
+        return GroupedLoRA.apply(x, w, bank.lora_A, bank.lora_B, order, inverse, counts, bank.scaling)
+
+    bank._sorted = grouped
+
+
+def profile(fn, iters: int) -> dict[str, float]:
+    fn()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(iters):
+            fn()
+    return {e.key: e.self_cpu_time_total / 1e3 / iters for e in prof.key_averages()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", type=int, default=256)
+    p.add_argument("--dim", type=int, default=1152)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--rank", type=int, default=128)
+    p.add_argument("--experts", type=int, default=5)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--dispatch", choices=("sorted", "dense"), default="sorted")
+    p.add_argument("--checkpointing", action="store_true")
+    p.add_argument("--grouped-fn", action="store_true", help="use the experimental GroupedLoRA sorted path")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--top", type=int, default=20)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    host = Host(args.dim, args.heads)
+    config = RSRConfig(num_experts=args.experts, latent_steps=args.steps, rank=args.rank, dispatch=args.dispatch)
+    rsr = RecursiveSparseReasoning(config, args.dim).train()
+    rsr.gradient_checkpointing = args.checkpointing
+    if args.grouped_fn:
+        use_grouped_fn(rsr.experts)
+    nn.init.normal_(rsr.experts.lora_B, std=0.02)
+    lora_a = (torch.randn(args.dim, 3 * args.rank) * args.dim**-0.5).requires_grad_()
+    lora_b = (torch.randn(3, args.rank, args.dim) * 0.02).requires_grad_()
+    x = torch.randn(1, args.tokens, args.dim).requires_grad_()
+    y = torch.randn(1, args.dim)
+
+    def rsr_step() -> None:
+        out = rsr(x, y, host.base_qkv, host.attend, host.modulate)
+        (out.vision.square().mean() + 0.01 * out.balance_loss).backward()
+
+    def lora_step() -> None:
+        h = (x @ lora_a).view(-1, 3, args.rank).transpose(0, 1)
+        d = torch.bmm(h, lora_b).view(3, *x.shape)
+        q, k, v = (base + delta for base, delta in zip(host.base_qkv(x), d))
+        host.attend(q, k, v)[0].square().mean().backward()
+
+    ours, plain = profile(rsr_step, args.iters), profile(lora_step, args.iters)
+    rows = sorted(((ours.get(k, 0.0) - plain.get(k, 0.0), k) for k in set(ours) | set(plain)), reverse=True)
+    extra = (", checkpointing" if args.checkpointing else "") + (", grouped-fn" if args.grouped_fn else "")
+    print(f"RSR M={args.experts} T={args.steps} ({args.dispatch}{extra}) "
+          f"vs one plain LoRA, N={args.tokens}, D={args.dim}, r={args.rank}, {args.threads} thread(s), "
+          f"forward+backward, self CPU ms per iteration")
+    print(f"{'op':60s} {'RSR':>9s} {'LoRA':>9s} {'diff':>9s}")
+    for diff, key in rows[: args.top]:
+        print(f"{key[:60]:60s} {ours.get(key, 0.0):9.2f} {plain.get(key, 0.0):9.2f} {diff:+9.2f}")
+    print(f"{'total':60s} {sum(ours.values()):9.2f} {sum(plain.values()):9.2f} "
+          f"{sum(ours.values()) - sum(plain.values()):+9.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Every benchmarked dispatch path (``benchmarks/paths.py``) computes the dense reference, forward and backward."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.dispatch import grad_outputs, make_index  # noqa: E402
+from benchmarks.paths import PATHS, Case, make_case, trainable  # noqa: E402
+
+DIM, RANK, TOKENS = 24, 4, 37
+ROUTED = ["sorted", "loop", "grouped_mm", "sorted-v0", "grouped-fn"]
+
+
+def _case(routing: str, num_experts: int) -> Case:
+    g = torch.Generator().manual_seed(num_experts)
+    x = torch.randn(TOKENS, DIM, generator=g).requires_grad_()
+    return make_case(x, make_index(routing, TOKENS, num_experts, g), num_experts, RANK, seed=3)
+
+
+def _grads(case: Case, path: str, out, g: torch.Tensor) -> list[torch.Tensor | None]:
+    outs = out if isinstance(out, tuple) else (out,)
+    return list(torch.autograd.grad(outs, trainable(case, path), grad_outputs(outs, g), allow_unused=True))
+
+
+@pytest.mark.parametrize("num_experts", [1, 2, 5])
+@pytest.mark.parametrize("routing", ["uniform", "skewed", "one-expert"])
+@pytest.mark.parametrize("path", ROUTED)
+def test_routed_paths_equal_dense(path: str, routing: str, num_experts: int) -> None:
+    case = _case(routing, num_experts)
+    g = torch.randn(3, TOKENS, DIM, generator=torch.Generator().manual_seed(7))
+    ref = PATHS["dense"](case)
+    ref_grads = _grads(case, "dense", ref, g)
+    out = PATHS[path](case)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    for got, want in zip(_grads(case, path, out, g), ref_grads):
+        if got.shape == case.w.shape:  # hard dispatch gives the gate only the selected term (Switch-style)
+            mask = torch.nn.functional.one_hot(case.idx, num_experts).bool()
+            torch.testing.assert_close(got[mask], want[mask], rtol=1e-4, atol=1e-5)
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["sorted", "sorted-v0", "grouped-fn", "attn-order"])
+def test_sorted_variants_match_core_gradients(path: str) -> None:
+    case = _case("uniform", 4)
+    g = torch.randn(3, TOKENS, DIM, generator=torch.Generator().manual_seed(7))
+    want = _grads(case, "sorted", PATHS["sorted"](case), g)
+    out = PATHS[path](case)
+    if path == "attn-order":  # sorted Q/K/V plus one un-permuted slice; compare after un-permuting
+        order = torch.argsort(case.idx, stable=True)
+        torch.testing.assert_close(out[1], PATHS["sorted"](case)[0])
+        full = torch.empty_like(out[0]).index_copy(1, order, out[0])
+        torch.testing.assert_close(full, PATHS["sorted"](case))
+        return
+    for got, ref in zip(_grads(case, path, out, g), want):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_single_lora_and_peft_are_plain_lora() -> None:
+    case = _case("uniform", 1)
+    x, r = case.x, RANK
+    a, b = case.single_a, case.single_b
+    single = PATHS["single"](case)
+    for j in range(3):
+        torch.testing.assert_close(single[j], x @ a[:, j * r : (j + 1) * r] @ b[j])
+    base = case.base(x)
+    for proj, out, want_base in zip(("to_q", "to_k", "to_v"), PATHS["peft"](case), base):
+        layer = getattr(case.peft, proj)
+        lora = layer.lora_B["default"](layer.lora_A["default"](x)) * layer.scaling["default"]
+        torch.testing.assert_close(out, want_base + lora, rtol=1e-5, atol=1e-5)
+    for got, base_p, delta in zip(PATHS["base+sorted"](case), base, PATHS["sorted"](case)):
+        torch.testing.assert_close(got, base_p + delta)
