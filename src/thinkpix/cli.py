@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import __version__
 
-TRAIN_FIELDS = ("num_experts", "latent_steps", "rank", "gumbel_tau", "routing", "balance_loss_weight",
+TRAIN_FIELDS = ("num_experts", "latent_steps", "rank", "gumbel_tau", "routing", "gate_input", "balance_loss_weight",
                 "learning_rate", "batch_size", "gradient_accumulation_steps", "max_steps", "mixed_precision",
                 "ema_decay", "checkpointing_steps", "checkpoints_total_limit", "validation_steps", "seed")
 
@@ -45,6 +45,8 @@ def _add_train_options(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--layers", type=_layers, help="'middle', 'three' or block indices like 4,8,12")
     p.add_argument("--gumbel-tau", type=float)
     p.add_argument("--routing", choices=("learned", "random"))
+    p.add_argument("--gate-input", choices=("full", "tokens"),
+                   help="what the gate sees: tokens + condition + step (paper) or tokens only (Fig. 4 ablation)")
     p.add_argument("--balance-loss-weight", type=float)
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--batch-size", type=int, help="global batch per optimizer step (all processes)")

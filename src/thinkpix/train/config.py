@@ -38,6 +38,7 @@ class TrainConfig:
     gumbel_tau: float = 5.0
     layers: Any = "middle"
     routing: str = "learned"
+    gate_input: str = "full"
     balance_loss_weight: float | None = None
     learning_rate: float = 5e-4
     adam_beta1: float = 0.9

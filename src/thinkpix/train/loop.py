@@ -64,7 +64,8 @@ def trainable_parameters(target: TrainTarget, cfg: TrainConfig) -> dict[str, tor
         return named
     rsr = RSRConfig(num_experts=cfg.num_experts, latent_steps=cfg.latent_steps, rank=cfg.rank,
                     gumbel_tau=cfg.gumbel_tau, layers=cfg.block_indices(len(transformer.transformer_blocks)),
-                    routing=cfg.routing, balance_loss_weight=cfg.balance_loss_weight, seed=cfg.seed)
+                    routing=cfg.routing, gate_input=cfg.gate_input, balance_loss_weight=cfg.balance_loss_weight,
+                    seed=cfg.seed)
     apply_rsr(transformer, rsr)
     set_step_checkpointing(transformer, cfg.step_checkpointing)
     return {f"rsr.{i}.{n}": p for i, proc in rsr_layers(transformer).items() for n, p in proc.rsr.named_parameters()}
