@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..argtypes import positive_int
 from ..models.inspect import RoutingRecord, RoutingTrace, routing_trace
 from .plots import plot_usage_heatmap, usage_by_timestep
 from .stats import COLLAPSE_SHARE, RoutingStats, routing_stats
@@ -219,16 +220,6 @@ def _read_prompts(values: Sequence[str]) -> list[str]:
     return prompts
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
-
-
 def _analyze_routing_command(args: argparse.Namespace) -> int:
     summary = analyze_routing(args.model, args.rsr, _read_prompts(args.prompts), args.out, samples=args.samples,
                               steps=args.num_inference_steps, seed=args.seed, guidance_scale=args.guidance_scale,
@@ -250,11 +241,11 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--rsr", default=None, help="RSR checkpoint folder (rsr_config.json + rsr_weights.safetensors)")
     p.add_argument("--prompts", action="append", required=True,
                    help="a prompt (class id for class models) or a file with one per line; repeatable")
-    p.add_argument("--samples", type=_positive, default=1, help="images per prompt")
-    p.add_argument("--num-inference-steps", type=_positive, default=20)
+    p.add_argument("--samples", type=positive_int, default=1, help="images per prompt")
+    p.add_argument("--num-inference-steps", type=positive_int, default=20)
     p.add_argument("--guidance-scale", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--buckets", type=_positive, default=10, help="diffusion-timestep buckets of the usage tables")
+    p.add_argument("--buckets", type=positive_int, default=10, help="diffusion-timestep buckets of the usage tables")
     p.add_argument("--out", required=True, help="folder for the PNGs and summary.json")
     p.set_defaults(func=_analyze_routing_command)
     return analyze

@@ -9,20 +9,11 @@ from __future__ import annotations
 
 import argparse
 
+from thinkpix.argtypes import positive_int
 from thinkpix.shapes.dataset import SPLITS, VARIANTS, make_dataset
 from thinkpix.shapes.metadata import write_metadata_jsonl
 from thinkpix.shapes.prompts import evaluation_metadata, training_metadata
 from thinkpix.shapes.scene import DEFAULT_IMAGE_SIZE
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
 
 
 def _make_dataset(args: argparse.Namespace) -> int:
@@ -58,7 +49,7 @@ def add_shapes_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         ),
     )
     make.add_argument("--out", required=True, help="output folder (created if missing)")
-    make.add_argument("--n", type=_positive_int, required=True, help="number of images")
+    make.add_argument("--n", type=positive_int, required=True, help="number of images")
     make.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files (default 0)")
     make.add_argument(
         "--image-size",
