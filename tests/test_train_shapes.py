@@ -50,3 +50,17 @@ def test_rsr_finetuning_on_shapes_reduces_the_loss(pretrained, tmp_path):
                       learning_rate=5e-3, checkpointing_steps=20)
     train(target, data, cfg, tmp_path / "rsr", report_to=None, progress=False)
     assert held_out_loss(target, data) < before
+
+
+def test_class_validation_samples_the_classes_the_folders_name():
+    from thinkpix.shapes import ShapesClassPipeline
+
+    target = TrainTarget(ShapesClassPipeline.from_scratch("dit-s", seed=0, width=32, head_dim=16, num_layers=2))
+    with torch.no_grad():  # a non-zero model, so that the class changes the image
+        for p in target.transformer.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    by_name = target.sample(["red_circle", "blue_square"], seed=0, steps=2)
+    ids = target.pipeline.get_label_ids(["red_circle", "blue_square"])
+    assert ids != [0, 1]  # folder positions of a sorted class folder would be other classes
+    assert (by_name == target.sample(ids, seed=0, steps=2)).all()
+    assert not (by_name == target.sample([0, 1], seed=0, steps=2)).all()

@@ -80,9 +80,11 @@ def _train_config(args: argparse.Namespace, **fixed):
 
 
 def _validation(args, data) -> list | None:
-    if args.validation_prompt:
-        return [int(v) for v in args.validation_prompt] if data.kind == "class" else args.validation_prompt
-    return (sorted(set(data.captions))[:4] if data.kind == "caption" else list(range(min(4, len(data.class_names)))))
+    """Validation prompts, or class names / integer class ids (the pipeline's ids, not folder positions)."""
+    if data.kind == "caption":
+        return args.validation_prompt or sorted(set(data.captions))[:4]
+    classes = args.validation_prompt or data.class_names[:4]
+    return [int(c) if c.isdigit() else c for c in classes]
 
 
 def _run_training(args: argparse.Namespace, target, data, cfg) -> int:

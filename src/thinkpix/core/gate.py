@@ -104,8 +104,9 @@ class LatentStepGate(nn.Module):
 
     # -- routing ----------------------------------------------------------------------------------
     def context(self, cond: Tensor | None, latent_steps: int, dtype: torch.dtype) -> Tensor | None:
-        """``y + step_embedding(t)`` for t = 1..T: (T, B, 1, D), or None for the tokens-only ablation."""
-        if self.gate_input == "tokens":
+        """``y + step_embedding(t)`` for t = 1..T: (T, B, 1, D); None for the tokens-only ablation, and for
+        M = 1, where the gate is never evaluated."""
+        if self.gate_input == "tokens" or self.num_experts == 1:
             return None
         device = self.proj.weight.device
         steps = torch.arange(1, latent_steps + 1, device=device)

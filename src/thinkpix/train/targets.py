@@ -128,12 +128,13 @@ class TrainTarget:
 
     @torch.no_grad()
     def sample(self, conditions: list, seed: int, steps: int = 20, guidance_scale: float = 4.0):
-        """Images (N, H, W, 3) float in [0, 1] for prompts or class ids, from a seeded generator."""
+        """Images (N, H, W, 3) float in [0, 1] for prompts, or for class ids / label names, from a seeded generator."""
         generator = torch.Generator().manual_seed(seed)
         if self.kind == "caption":
             out = self.pipeline(list(conditions), num_inference_steps=steps, guidance_scale=guidance_scale,
                                 generator=generator, output_type="np")
         else:
-            out = self.pipeline(class_labels=list(conditions), num_inference_steps=steps,
+            ids = [self.pipeline.get_label_ids(c)[0] if isinstance(c, str) else c for c in conditions]
+            out = self.pipeline(class_labels=ids, num_inference_steps=steps,
                                 guidance_scale=guidance_scale, generator=generator, output_type="np")
         return out.images
