@@ -107,14 +107,21 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _pretrain(args: argparse.Namespace) -> int:
     from .shapes import SHAPES_MODELS, ShapesClassPipeline, ShapesTextToImagePipeline
-    from .train import TrainTarget, load_image_folder
+    from .train import TrainTarget, load_image_folder, load_pipeline
 
     if args.model not in SHAPES_MODELS:
         raise ValueError(f"unknown Shapes model {args.model!r}; allowed models are {sorted(SHAPES_MODELS)}")
     cfg = _train_config(args, method="full")
     data = load_image_folder(args.train_data_dir, args.image_size)
     pipeline_cls = ShapesTextToImagePipeline if args.model.startswith("mmdit") else ShapesClassPipeline
-    return _run_training(args, TrainTarget(pipeline_cls.from_scratch(args.model, seed=cfg.seed)), data, cfg)
+    if args.init_from is None:
+        return _run_training(args, TrainTarget(pipeline_cls.from_scratch(args.model, seed=cfg.seed)), data, cfg)
+    # Continue a base (e.g. the shipped one) with a fresh optimizer: how `make bases` extends a budget.
+    pipeline = load_pipeline(args.init_from)
+    if not isinstance(pipeline, pipeline_cls):
+        raise ValueError(f"--init-from {args.init_from!r} is a {type(pipeline).__name__}; --model {args.model} "
+                         f"needs a {pipeline_cls.__name__}")
+    return _run_training(args, TrainTarget(pipeline), data, cfg)
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -193,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="train a Shapes base model (and its text encoder) from scratch")
     p.add_argument("--model", required=True, help="Shapes model factory, e.g. mmdit-s (text) or dit-s (class)")
+    p.add_argument("--init-from", default=None,
+                   help="start from this pipeline's weights (folder or shapes-t2i / shapes-class) instead of scratch")
     _add_train_options(p, "shapes-pretrain")
     p.set_defaults(func=_pretrain)
 
