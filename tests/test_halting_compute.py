@@ -89,3 +89,33 @@ def test_flops_grow_with_latent_steps_not_with_experts(tmp_path):
     layers, batch, tokens, steps, dim = 2, 2, 16, 3, 16
     gate_logits = layers * batch * tokens * steps * dim * (8 - 2)  # the only work that grows with M
     assert counts[8, 3] - counts[2, 3] == gate_logits
+
+
+def test_set_halting_switches_criteria_on_a_trained_model_and_the_trace_counts_steps(tmp_path):
+    from thinkpix import routing_trace, set_halting
+
+    model = routed_dit(tmp_path)
+    model.eval()
+    with torch.no_grad(), routing_trace(model) as trace:
+        fixed = model(**dit_inputs()).sample
+    assert trace.mean_steps_used() == 5
+    set_halting(model, "delta", threshold=10.0)  # every state change counts as small: stop after one step
+    with torch.no_grad(), routing_trace(model) as trace:
+        model(**dit_inputs())
+    assert trace.mean_steps_used() == 2
+    set_halting(model, "none")
+    with torch.no_grad():
+        assert torch.equal(model(**dit_inputs()).sample, fixed)
+    with pytest.raises(ValueError, match="halting head"):
+        set_halting(model, "learned")
+    with pytest.raises(ValueError, match="halting"):
+        set_halting(model, "sometimes")
+
+
+def test_train_config_carries_halting_to_the_installed_layers():
+    from thinkpix.train import preset
+
+    cfg = preset("shapes", halting="learned", ponder_weight=0.1)
+    assert (cfg.halting, cfg.ponder_weight) == ("learned", 0.1)
+    with pytest.raises(ValueError, match="halting"):
+        preset("shapes", halting="never")

@@ -26,6 +26,7 @@ from .models import (
     rsr_layers,
     rsr_parameters,
     save_rsr,
+    set_halting,
     set_step_checkpointing,
 )
 
@@ -55,5 +56,6 @@ __all__ = [
     "rsr_layers",
     "rsr_parameters",
     "save_rsr",
+    "set_halting",
     "set_step_checkpointing",
 ]

@@ -17,8 +17,9 @@ from pathlib import Path
 from . import __version__
 
 TRAIN_FIELDS = ("num_experts", "latent_steps", "rank", "gumbel_tau", "routing", "gate_input", "balance_loss_weight",
-                "learning_rate", "batch_size", "gradient_accumulation_steps", "max_steps", "mixed_precision",
-                "ema_decay", "checkpointing_steps", "checkpoints_total_limit", "validation_steps", "seed")
+                "halting", "halt_threshold", "ponder_weight", "learning_rate", "batch_size",
+                "gradient_accumulation_steps", "max_steps", "mixed_precision", "ema_decay", "checkpointing_steps",
+                "checkpoints_total_limit", "validation_steps", "seed")
 
 
 def _layers(text: str):
@@ -48,6 +49,10 @@ def _add_train_options(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--gate-input", choices=("full", "tokens"),
                    help="what the gate sees: tokens + condition + step (paper) or tokens only (Fig. 4 ablation)")
     p.add_argument("--balance-loss-weight", type=float)
+    p.add_argument("--halting", choices=("none", "delta", "confidence", "learned"),
+                   help="adaptive halting of the latent steps at inference (learned: trains an ACT halting head)")
+    p.add_argument("--halt-threshold", type=float, help="halting criterion threshold (default: the criterion's)")
+    p.add_argument("--ponder-weight", type=float, help="weight of the learned halting head's ponder cost")
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--batch-size", type=int, help="global batch per optimizer step (all processes)")
     p.add_argument("--gradient-accumulation-steps", type=int)

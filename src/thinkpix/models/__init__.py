@@ -9,6 +9,7 @@ from .hosts import (
     rsr_config,
     rsr_layers,
     rsr_parameters,
+    set_halting,
     set_step_checkpointing,
 )
 from .inspect import RoutingRecord, RoutingTrace, force_routing, routing_trace
@@ -29,5 +30,6 @@ __all__ = [
     "rsr_layers",
     "rsr_parameters",
     "save_rsr",
+    "set_halting",
     "set_step_checkpointing",
 ]

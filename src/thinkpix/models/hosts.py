@@ -14,7 +14,7 @@ only the hidden states), so forward hooks copy them into the processor's ``Block
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from diffusers import DiTTransformer2DModel, SD3Transformer2DModel
@@ -198,6 +198,21 @@ def aux_loss(transformer: nn.Module) -> torch.Tensor:
     if ponder:
         total = total + install.config.ponder_weight * torch.stack(ponder).sum()
     return total
+
+
+def set_halting(transformer: nn.Module, halting: str, threshold: float | None = None, per: str = "token") -> None:
+    """Switch the inference halting criterion of every RSR layer (e.g. to sweep criteria on one trained model).
+
+    ``"learned"`` needs the halting head, which only a model configured (and trained) with it has.
+    """
+    install = _require_install(transformer)
+    config = replace(install.config, halting=halting, halt_threshold=threshold, halt_per=per)  # validates
+    for i, proc in install.processors.items():
+        if halting == "learned" and proc.rsr.halt_head is None:
+            raise ValueError(f"halting='learned' needs a halting head, but layer {i} was built with "
+                             f"halting={install.config.halting!r}; train with halting='learned' first")
+        proc.rsr.config = config
+    install.config = config
 
 
 def set_step_checkpointing(transformer: nn.Module, enabled: bool = True) -> None:

@@ -22,6 +22,7 @@ class RoutingRecord(NamedTuple):
     experts: Tensor  # (T, B, N) long: chosen expert of every token at every latent step
     probs: Tensor  # (T, B, N, M) fp32: gate probabilities
     states: Tensor | None = None  # (T, B, N, D) fp32 input of every latent step (``routing_trace(states=True)``)
+    steps_used: Tensor | None = None  # (B, N) latent steps each token ran when halting is on (final included)
 
 
 class RoutingTrace:
@@ -31,7 +32,8 @@ class RoutingTrace:
         self.records: list[RoutingRecord] = []
         self._calls: dict[int, int] = {}
 
-    def record(self, layer: int, timestep: Tensor | float | None, steps: tuple[RSRStep, ...]) -> None:
+    def record(self, layer: int, timestep: Tensor | float | None, steps: tuple[RSRStep, ...],
+               steps_used: Tensor | None = None) -> None:
         experts = torch.stack([s.experts for s in steps]).detach().cpu()
         probs = torch.stack([s.probs for s in steps]).detach().float().cpu()
         if timestep is not None:
@@ -41,7 +43,8 @@ class RoutingTrace:
             states = torch.stack([s.state for s in steps]).float().cpu()
         call = self._calls.get(layer, 0)
         self._calls[layer] = call + 1
-        self.records.append(RoutingRecord(layer, call, timestep, experts, probs, states))
+        used = None if steps_used is None else steps_used.detach().cpu()
+        self.records.append(RoutingRecord(layer, call, timestep, experts, probs, states, used))
 
     @property
     def layers(self) -> list[int]:
@@ -52,6 +55,14 @@ class RoutingTrace:
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def mean_steps_used(self) -> float:
+        """Average latent steps per token over every record (T for records without halting)."""
+        counts = [r.steps_used.float().mean().item() if r.steps_used is not None else float(r.experts.shape[0])
+                  for r in self.records]
+        if not counts:
+            raise ValueError("the trace is empty: run the transformer inside routing_trace first")
+        return sum(counts) / len(counts)
 
 
 @contextmanager

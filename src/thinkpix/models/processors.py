@@ -80,7 +80,7 @@ class RSRAttnProcessor(nn.Module):
         self.last_steps, self.last_balance_loss = out.steps, out.balance_loss
         self.last_ponder_loss, self.last_steps_used = out.ponder_loss, out.steps_used
         if self.session.trace is not None:
-            self.session.trace.record(self.layer_index, self.session.timestep, out.steps)
+            self.session.trace.record(self.layer_index, self.session.timestep, out.steps, out.steps_used)
         return out
 
     @staticmethod

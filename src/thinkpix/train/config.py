@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..core.config import check_fields
+from ..core.config import HALTINGS, check_fields
 
 METHODS = ("rsr", "sft", "full")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
@@ -40,6 +40,9 @@ class TrainConfig:
     routing: str = "learned"
     gate_input: str = "full"
     balance_loss_weight: float | None = None
+    halting: str = "none"  # RSRConfig.halting; "learned" trains an ACT halting head with the ponder cost
+    halt_threshold: float | None = None
+    ponder_weight: float = 0.01
     learning_rate: float = 5e-4
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -89,6 +92,8 @@ class TrainConfig:
             _fail("ema_decay", self.ema_decay, "None or a number in (0, 1)")
         if self.validation_steps < 0 or self.seed < 0:
             _fail("validation_steps/seed", (self.validation_steps, self.seed), "integers >= 0")
+        if self.halting not in HALTINGS:
+            _fail("halting", self.halting, " or ".join(map(repr, HALTINGS)))
         if self.method == "sft":
             self.num_experts, self.latent_steps = 1, 1
 

@@ -65,6 +65,7 @@ def trainable_parameters(target: TrainTarget, cfg: TrainConfig) -> dict[str, tor
     rsr = RSRConfig(num_experts=cfg.num_experts, latent_steps=cfg.latent_steps, rank=cfg.rank,
                     gumbel_tau=cfg.gumbel_tau, layers=cfg.block_indices(len(transformer.transformer_blocks)),
                     routing=cfg.routing, gate_input=cfg.gate_input, balance_loss_weight=cfg.balance_loss_weight,
+                    halting=cfg.halting, halt_threshold=cfg.halt_threshold, ponder_weight=cfg.ponder_weight,
                     seed=cfg.seed)
     apply_rsr(transformer, rsr)
     set_step_checkpointing(transformer, cfg.step_checkpointing)
