@@ -1,0 +1,136 @@
+"""Compute-matched comparisons and adaptive halting on the Shapes world (what the paper leaves open).
+
+Rows, each with its multiply-adds per image (counted on the ops that ran, CFG included), its sampling
+wall time relative to the base, its average latent steps and its held-out Shapes-GenEval score:
+
+* base at the standard number of denoising steps;
+* RSR with a fixed T (M=4, T=5 on the middle layer);
+* the same trained RSR with each halting criterion at a few thresholds (``set_halting``: delta of the
+  state, gate confidence), and an RSR trained with the learned ACT halting head (``halting="learned"``);
+* the base given the same extra compute as more denoising steps (steps scaled by RSR's MAC ratio);
+* SFT (LoRA) with the same number of trainable parameters as the RSR (rank scaled up).
+
+All rows sample the same prompts with the same seeds, so score differences are paired. Results are
+cached per row under ``--work`` (resumable) and written to ``docs/results/compute_matched.md``::
+
+    python -m benchmarks.compute_matched --quick   # minutes
+    nohup python -m benchmarks.compute_matched > cm.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from benchmarks.shapes_rows import Budget, Row, cached, finetuned, fingerprint, geneval_row, sampling_macs
+from thinkpix.eval.geneval import format_scores
+from thinkpix.models import set_halting
+from thinkpix.shapes.dataset import make_dataset
+from thinkpix.shapes.prompts import evaluation_metadata, training_metadata
+
+QUICK = Budget(train_images=256, finetune_steps=20, batch_size=16, geneval_prompts=24, samples=1, sample_steps=10)
+FULL = Budget(train_images=2000, finetune_steps=250, batch_size=32, geneval_prompts=None, samples=4, sample_steps=20)
+RSR = {"layers": "middle", "num_experts": 4, "latent_steps": 5}
+HALTING_SWEEP = [("delta", 0.05), ("delta", 0.1), ("delta", 0.2), ("confidence", 0.5), ("confidence", 0.7),
+                 ("confidence", 0.9)]
+LEARNED = [("learned", 0.5), ("learned", 0.7)]
+
+
+def _measure(target, records, budget: Budget, out: Path, seed: int, steps: int | None = None) -> dict:
+    """GenEval, sampling time and latent steps of ``target`` as it is now, plus MACs per image."""
+    steps = steps or budget.sample_steps
+    probe = [r["prompt"] for r in training_metadata()[:8]]  # training prompts: not the scored ones
+    result = geneval_row(target, records, out, budget, seed, steps=steps)
+    result["macs_per_image"] = sampling_macs(target, probe, steps)
+    return result
+
+
+def rsr_rows(name: str, fields: dict, sweep: list, budget: Budget, work: Path, data: Path, seed: int) -> dict:
+    """Fine-tune once, then evaluate with halting off and with every (criterion, threshold) of ``sweep``."""
+    target, cost = finetuned("shapes-t2i", data, Row(name, "rsr", fields), seed, budget.finetune_steps,
+                             budget.batch_size, work / name / "train")
+    records = evaluation_metadata()[: budget.geneval_prompts]
+    rows = {}
+    for criterion, threshold in [("none", None), *sweep]:
+        set_halting(target.transformer, criterion, threshold)
+        label = "fixed T" if criterion == "none" else f"halting {criterion} {threshold}"
+        rows[label] = {**cost, **_measure(target, records, budget, work / name / label.replace(" ", "-"), seed)}
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", default="runs/compute_matched")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    budget, mode = (QUICK, "quick") if args.quick else (FULL, "full")
+    work = Path(args.work) / f"{mode}-{budget.key()}-{fingerprint('shapes-t2i')}"
+    data = make_dataset(work / "data", n=budget.train_images, seed=0, variant="caption", split="train")
+    records = evaluation_metadata()[: budget.geneval_prompts]
+    seed = args.seed
+
+    def base_at(steps: int) -> dict:
+        target, cost = finetuned("shapes-t2i", data, Row("base", "base"), seed, 0, budget.batch_size, work)
+        return {**cost, **_measure(target, records, budget, work / f"base-{steps}", seed, steps=steps)}
+
+    rows = {f"base, {budget.sample_steps} steps": cached(work / "base.json", lambda: base_at(budget.sample_steps))}
+    rsr = cached(work / "rsr.json", lambda: rsr_rows("rsr", RSR, HALTING_SWEEP, budget, work, data, seed))
+    learned = cached(work / "rsr-learned.json",
+                     lambda: rsr_rows("rsr-learned", {**RSR, "halting": "learned"}, LEARNED, budget, work, data, seed))
+    rows.update({f"RSR M=4, T=5, {k}": v for k, v in rsr.items()})
+    rows.update({f"RSR M=4, T=5 trained with ACT head, {k}": v for k, v in learned.items()})
+
+    base = rows[f"base, {budget.sample_steps} steps"]
+    ratio = rsr["fixed T"]["macs_per_image"] / base["macs_per_image"]
+    matched_steps = max(budget.sample_steps + 1, round(budget.sample_steps * ratio))
+    rows[f"base, {matched_steps} steps (RSR's MACs)"] = cached(work / f"base-{matched_steps}.json",
+                                                               lambda: base_at(matched_steps))
+
+    def sft_matched() -> dict:
+        dim = 128  # mmdit-s width
+        rank = max(1, round(rsr["fixed T"]["trainable_params"] / (6 * dim)))  # fused A (D, 3r) + B (3, r, D)
+        row = Row(f"sft-r{rank}", "sft", {"layers": "middle", "rank": rank})
+        target, cost = finetuned("shapes-t2i", data, row, seed, budget.finetune_steps, budget.batch_size,
+                                 work / "sft" / "train")
+        return {**cost, "rank": rank, **_measure(target, records, budget, work / "sft", seed)}
+
+    sft = cached(work / "sft.json", sft_matched)
+    rows[f"SFT rank {sft['rank']} (RSR's parameters)"] = sft
+    write_report(Path(args.out or f"docs/results/compute_matched{'_quick' if args.quick else ''}.md"), rows, base,
+                 rsr["fixed T"], budget, "python -m benchmarks.compute_matched" + (" --quick" if args.quick else ""))
+    return 0
+
+
+def write_report(out: Path, rows: dict, base: dict, fixed: dict, budget: Budget, command: str) -> None:
+    lines = ["# Compute-matched comparisons and adaptive halting (Shapes world)", "",
+             f"Produced by `{command}` on {time.strftime('%Y-%m-%d')} (budget: {budget}). One fine-tuning seed; "
+             "every row samples the same held-out prompts with the same seeds (paired). MACs = multiply-adds "
+             "per image over the whole sampling run (every denoising step, CFG batch included), counted with "
+             "`FlopCounterMode` on the ops that ran. Wall = sampling time relative to the base row in this run.",
+             "", "| row | GenEval overall | latent steps | steps saved | MACs / image (G) | MACs vs base | "
+             "wall vs base | trainable params |", "| --- |" + " ---: |" * 7]
+    for name, r in rows.items():
+        steps = r.get("latent_steps")
+        saved = "" if steps is None else f"{100 * (1 - steps / fixed['latent_steps']):.0f}%"
+        lines.append(f"| {name} | {100 * r['scores']['overall']:.1f} | "
+                     f"{'' if steps is None else f'{steps:.2f}'} | {saved} | {r['macs_per_image'] / 1e9:.3f} | "
+                     f"{r['macs_per_image'] / base['macs_per_image']:.3f} | "
+                     f"{r['sample_seconds'] / base['sample_seconds']:.2f} | {r['trainable_params']:,} |")
+    lines += ["", "Per-tag scores (percent):", "",
+              format_scores({n: r["scores"] for n, r in rows.items()}), ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

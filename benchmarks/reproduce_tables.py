@@ -1,0 +1,193 @@
+"""The paper's tables reproduced on the Shapes world, 3 seeds a row, mean and 95% confidence interval.
+
+* Table 2 analogue: Shapes-GenEval on the held-out compositions for base, SFT, the recursion and
+  modulation ablations, RSR on the middle layer and on three layers, RSR M=5, T=5, and random routing
+  (the referee's control: same parameters, no learned gate).
+* Table 3 analogue: Shapes-DPG for the rows the paper reports (three layers).
+* Table 1 analogue: the class-conditional DiT base with SFT and RSR, FD / sFD / IS / precision / recall
+  with the ``shapes`` feature extractor against real renders.
+
+Every row is fine-tuned at one fixed budget per mode (``QUICK`` or ``FULL``) and cached under
+``--work``; a rerun skips finished rows, so the full mode resumes after an interruption::
+
+    python -m benchmarks.reproduce_tables --quick            # < 20 min on 2 cores
+    nohup python -m benchmarks.reproduce_tables > repro.log 2>&1 &   # about 2 h on 2 cores
+    python -m benchmarks.reproduce_tables --rows "RSR M=2, T=2 (middle)" --seeds 0   # one row, one seed
+
+Writes ``docs/results/reproduction.md`` (``--out``) and ``reproduction.json`` next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from benchmarks.shapes_rows import Budget, Row, cached, finetuned, fingerprint, fmt_ci, geneval_row, seed_everything
+from thinkpix.eval.geneval import format_scores
+from thinkpix.shapes.dataset import make_dataset
+from thinkpix.shapes.prompts import evaluation_metadata
+
+QUICK = Budget(train_images=256, finetune_steps=20, batch_size=16, geneval_prompts=24, samples=1, sample_steps=10,
+               dpg_prompts=12, class_samples=200)
+FULL = Budget(train_images=2000, finetune_steps=250, batch_size=32, geneval_prompts=None, samples=2, sample_steps=20,
+              dpg_prompts=60, class_samples=1000, class_finetune_steps=250)
+
+MID, THREE = {"layers": "middle"}, {"layers": "three"}
+T2I_ROWS = [
+    Row("base", "base"),
+    Row("SFT (middle)", "sft", MID),
+    Row("RSR w/o recursion M=2, T=1 (middle)", "rsr", {**MID, "num_experts": 2, "latent_steps": 1}),
+    Row("RSR w/o modulation M=1, T=2 (middle)", "rsr", {**MID, "num_experts": 1, "latent_steps": 2}),
+    Row("RSR M=2, T=2 (middle)", "rsr", {**MID, "num_experts": 2, "latent_steps": 2}),
+    Row("SFT (three layers)", "sft", THREE),
+    Row("RSR M=2, T=2 (three layers)", "rsr", {**THREE, "num_experts": 2, "latent_steps": 2}),
+    Row("RSR M=5, T=5 (three layers)", "rsr", {**THREE, "num_experts": 5, "latent_steps": 5}),
+    Row("RSR random routing M=2, T=2 (middle)", "rsr", {**MID, "num_experts": 2, "latent_steps": 2,
+                                                          "routing": "random"}),
+]
+DPG_ROWS = {"base", "SFT (three layers)", "RSR M=2, T=2 (three layers)", "RSR M=5, T=5 (three layers)"}
+CLASS_ROWS = [
+    Row("base", "base"),
+    Row("SFT (middle)", "sft", MID),
+    Row("RSR M=2, T=2 (middle)", "rsr", {**MID, "num_experts": 2, "latent_steps": 2}),
+]
+
+
+def t2i_row(row: Row, seed: int, budget: Budget, work: Path, data: Path) -> dict:
+    from thinkpix.eval.dpg import generate_dpg, score_dpg_folder  # noqa: PLC0415 (optional until used)
+
+    seed_everything(seed)
+    out = work / "t2i" / row.name / f"seed{seed}"
+    target, cost = finetuned("shapes-t2i", data, row, seed, budget.finetune_steps, budget.batch_size, out / "train")
+    records = evaluation_metadata()[: budget.geneval_prompts]
+    result = {**cost, "geneval": geneval_row(target, records, out / "geneval", budget, seed)}
+    if row.name in DPG_ROWS:
+        started = time.perf_counter()
+        folder = generate_dpg(target, out / "dpg", prompts=budget.dpg_prompts, samples=budget.samples, seed=seed,
+                              steps=budget.sample_steps, progress=False)
+        result["dpg"] = {"scores": score_dpg_folder(folder)[0], "sample_seconds": time.perf_counter() - started}
+    return result
+
+
+def class_row(row: Row, seed: int, budget: Budget, work: Path, data: Path, reference: Path) -> dict:
+    import numpy as np
+    from thinkpix.eval.images import load_images  # noqa: PLC0415
+
+    from thinkpix.eval.fid import compute_metrics  # noqa: PLC0415
+    from thinkpix.shapes.models import CLASS_NAMES
+
+    seed_everything(seed)
+    out = work / "class" / row.name / f"seed{seed}"
+    steps = budget.class_finetune_steps or budget.finetune_steps
+    target, cost = finetuned("shapes-class", data, row, seed, steps, budget.batch_size, out / "train")
+    labels = np.random.default_rng(seed).integers(0, len(CLASS_NAMES), budget.class_samples).tolist()
+    started = time.perf_counter()
+    images = np.concatenate([target.sample(labels[i : i + 100], seed=seed + i, steps=budget.sample_steps)
+                             for i in range(0, len(labels), 100)])
+    seconds = time.perf_counter() - started
+    images = (images * 255).round().clip(0, 255).astype(np.uint8)
+    metrics = compute_metrics(load_images(reference), images, extractor="shapes")
+    return {**cost, "metrics": dict(metrics._asdict()) if hasattr(metrics, "_asdict") else dict(metrics),
+            "sample_seconds": seconds, "images": len(images)}
+
+
+def _cost(results: list[dict]) -> str:
+    train = sum(r["train_seconds"] for r in results) / len(results)
+    sample = sum(r.get("geneval", r)["sample_seconds"] for r in results) / len(results)
+    return f"{train:.0f} s / {sample:.0f} s"
+
+
+def write_report(out: Path, budget: Budget, mode: str, t2i: dict, dpg: dict, cls: dict, seeds: list[int],
+                 command: str) -> None:
+    geneval_cols = ["overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"]
+    lines = ["# The paper's tables on the Shapes world", "",
+             f"Produced by `{command}` ({mode} budget: {budget}). Seeds {seeds}; each cell is the mean over "
+             "seeds with the half-width of its 95% confidence interval (Student's t). Cost = mean fine-tuning "
+             "time / mean sampling time of the row on this machine (2 shared CPU cores).", ""]
+    if t2i:
+        lines += ["## Table 2 analogue: Shapes-GenEval, held-out compositions (percent)", "",
+                  "| row | " + " | ".join(geneval_cols) + " | params | cost |",
+                  "| --- |" + " ---: |" * (len(geneval_cols) + 2)]
+        for name, results in t2i.items():
+            cells = [fmt_ci([r["geneval"]["scores"][c] for r in results]) for c in geneval_cols]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {results[0]['trainable_params']:,} | "
+                         f"{_cost(results)} |")
+        lines.append("")
+    if dpg:
+        cols = sorted({c for rs in dpg.values() for r in rs for c in r["dpg"]["scores"]}, key=lambda c: c != "overall")
+        lines += ["## Table 3 analogue: Shapes-DPG (percent)", "", "| row | " + " | ".join(cols) + " |",
+                  "| --- |" + " ---: |" * len(cols)]
+        for name, results in dpg.items():
+            lines.append(f"| {name} | " + " | ".join(fmt_ci([r["dpg"]["scores"][c] for r in results]) for c in cols)
+                         + " |")
+        lines.append("")
+    if cls:
+        cols = ["fd", "sfd", "inception_score", "precision", "recall"]
+        lines += ["## Table 1 analogue: class-conditional DiT, `shapes` features", "",
+                  "| row | FD | sFD | IS | precision | recall | params | cost |", "| --- |" + " ---: |" * 7]
+        for name, results in cls.items():
+            cells = [fmt_ci([r["metrics"][c] for r in results], scale=1.0, digits=2 if c in ("fd", "sfd") else 3)
+                     for c in cols]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {results[0]['trainable_params']:,} | "
+                         f"{sum(r['train_seconds'] for r in results) / len(results):.0f} s / "
+                         f"{sum(r['sample_seconds'] for r in results) / len(results):.0f} s |")
+        lines.append("")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"budget": budget.__dict__, "t2i": t2i, "dpg": dpg,
+                                                    "class": cls}, indent=2))
+    if t2i:
+        print(format_scores({name: rs[0]["geneval"]["scores"] for name, rs in t2i.items()}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small budget: the whole run in < 20 min on 2 cores")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", default=None, help="only these row names")
+    parser.add_argument("--tables", nargs="+", default=["t2i", "class"], choices=["t2i", "class"])
+    parser.add_argument("--work", default="runs/reproduce", help="row cache (resumable)")
+    parser.add_argument("--out", default=None, help="report path (default docs/results/reproduction[_quick].md)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    budget, mode = (QUICK, "quick") if args.quick else (FULL, "full")
+    out = Path(args.out or f"docs/results/reproduction{'_quick' if args.quick else ''}.md")
+    work = Path(args.work) / f"{mode}-{budget.key()}"
+    t2i, dpg, cls = {}, {}, {}
+    if "t2i" in args.tables:
+        data = make_dataset(work / "data-t2i", n=budget.train_images, seed=0, variant="caption", split="train")
+        key = fingerprint("shapes-t2i")
+        for row in T2I_ROWS:
+            if args.rows and row.name not in args.rows:
+                continue
+            results = [cached(work / "rows" / f"t2i-{key}" / row.name / f"seed{seed}.json",
+                              lambda s=seed, r=row: t2i_row(r, s, budget, work, data)) for seed in args.seeds]
+            t2i[row.name] = results
+            if row.name in DPG_ROWS:
+                dpg[row.name] = results
+            print(f"[t2i] {row.name}: done ({len(results)} seeds)", flush=True)
+    if "class" in args.tables:
+        data = make_dataset(work / "data-class", n=budget.train_images, seed=1, variant="class", split="train")
+        reference = make_dataset(work / "reference-class", n=budget.class_samples, seed=12345, variant="class",
+                                 split="train")
+        key = fingerprint("shapes-class")
+        for row in CLASS_ROWS:
+            if args.rows and row.name not in args.rows:
+                continue
+            cls[row.name] = [cached(work / "rows" / f"class-{key}" / row.name / f"seed{seed}.json",
+                                    lambda s=seed, r=row: class_row(r, s, budget, work, data, reference))
+                             for seed in args.seeds]
+            print(f"[class] {row.name}: done", flush=True)
+    command = "python -m benchmarks.reproduce_tables" + (" --quick" if args.quick else "")
+    write_report(out, budget, mode, t2i, dpg, cls, args.seeds, command)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""Fine-tune, sample and score one benchmark row on the Shapes world, with results cached on disk.
+
+Shared by ``reproduce_tables.py`` (the paper's Tables 1-3) and ``compute_matched.py``. A row's result is
+one JSON file written atomically when the row is done, so an interrupted run skips finished rows when
+started again. The cache path holds a fingerprint of the base weights and of the budget: retraining a
+base or changing the budget never mixes old rows into new tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from thinkpix.eval.geneval import generate_geneval, score_geneval_folder
+from thinkpix.models import routing_trace, rsr_parameters
+from thinkpix.models.hosts import rsr_install
+from thinkpix.train import TrainTarget, load_image_folder, load_pipeline, preset, train
+from thinkpix.train.targets import SHIPPED
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one row may spend: fine-tuning data and steps, and how much is sampled to score it."""
+
+    train_images: int
+    finetune_steps: int
+    batch_size: int = 32
+    geneval_prompts: int | None = None  # None: every held-out prompt
+    samples: int = 2  # images per prompt
+    sample_steps: int = 20
+    dpg_prompts: int | None = None
+    class_samples: int = 500  # images per row for the class-conditional FD table
+    class_finetune_steps: int | None = None  # None: finetune_steps
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row: ``method`` base (no training), rsr or sft, with TrainConfig overrides in ``fields``."""
+
+    name: str
+    method: str = "rsr"
+    fields: dict = field(default_factory=dict)
+    preset: str = "shapes"
+
+    def describe(self) -> str:
+        extras = ", ".join(f"{k}={v}" for k, v in self.fields.items())
+        return f"{self.method}" + (f" ({extras})" if extras else "")
+
+
+def fingerprint(model: str) -> str:
+    """Short hash of a pipeline folder's weight files (a shipped name or a path)."""
+    folder = SHIPPED.get(model, Path(model))
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.safetensors")):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:8]
+
+
+def cached(path: Path, compute: Callable[[], dict]) -> dict:
+    """The JSON at ``path``, or ``compute()`` written there atomically (temporary file, then rename)."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)
+    return result
+
+
+def finetuned(base: str, data_dir: Path, row: Row, seed: int, steps: int, batch_size: int,
+              out: Path) -> tuple[TrainTarget, dict]:
+    """The base with the row's method fine-tuned in (in memory) and the cost of doing so."""
+    target = TrainTarget(load_pipeline(base))
+    cost = {"train_seconds": 0.0, "train_steps": 0, "trainable_params": 0}
+    if row.method == "base":
+        target.transformer.eval()
+        return target, cost
+    cfg = preset(row.preset, method=row.method, max_steps=steps, batch_size=batch_size, seed=seed,
+                 validation_steps=0, checkpointing_steps=steps, checkpoints_total_limit=1, **row.fields)
+    started = time.perf_counter()
+    train(target, load_image_folder(data_dir), cfg, out, report_to=None, progress=False)
+    cost.update(train_seconds=time.perf_counter() - started, train_steps=steps,
+                trainable_params=sum(p.numel() for p in rsr_parameters(target.transformer)))
+    target.transformer.eval()
+    return target, cost
+
+
+def sampling_macs(target: TrainTarget, conditions: list, steps: int, guidance_scale: float = 4.0) -> float:
+    """Multiply-adds per image of a whole sampling run (every denoising step, CFG included), as they ran:
+    routes and halts are those the conditions produce."""
+    counter = FlopCounterMode(display=False, depth=None)
+    with counter:
+        target.sample(conditions, seed=0, steps=steps, guidance_scale=guidance_scale)
+    return counter.get_total_flops() / 2 / len(conditions)
+
+
+def geneval_row(target: TrainTarget, records: list[dict], out: Path, budget: Budget, seed: int,
+                steps: int | None = None) -> dict:
+    """Sample the records into a GenEval folder, score it; with the sampling time and the latent steps used."""
+    steps = steps or budget.sample_steps
+    started = time.perf_counter()
+    if rsr_install(target.transformer) is not None:
+        with routing_trace(target.transformer) as trace:
+            generate_geneval(target, records, out, samples=budget.samples, seed=seed, steps=steps, progress=False)
+        latent_steps = trace.mean_steps_used()
+    else:
+        generate_geneval(target, records, out, samples=budget.samples, seed=seed, steps=steps, progress=False)
+        latent_steps = None
+    seconds = time.perf_counter() - started
+    scores, results = score_geneval_folder(out)
+    return {"scores": scores, "images": len(results), "sample_seconds": seconds, "sample_steps": steps,
+            "latent_steps": latent_steps}
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% confidence interval (Student's t, n - 1 degrees of freedom)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    from scipy.stats import t
+
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+
+
+def fmt_ci(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    mean, half = mean_ci([scale * v for v in values])
+    return f"{mean:.{digits}f}" if math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)

@@ -1,0 +1,58 @@
+"""The row runner shared by ``reproduce_tables`` and ``compute_matched``: fine-tune, sample, score, cache."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.shapes_rows import Budget, Row, cached, finetuned, fingerprint, geneval_row, mean_ci  # noqa: E402
+
+from thinkpix.shapes import ShapesTextToImagePipeline  # noqa: E402
+from thinkpix.shapes.dataset import make_dataset  # noqa: E402
+from thinkpix.shapes.prompts import evaluation_metadata  # noqa: E402
+
+
+def test_mean_ci_is_students_t_interval():
+    mean, half = mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert half == pytest.approx(4.302653 * 1.0 / 3**0.5, rel=1e-5)  # t(0.975, 2) * sd / sqrt(n)
+    assert mean_ci([5.0])[0] == 5.0
+
+
+def test_cached_computes_once_and_leaves_no_partial_file(tmp_path):
+    calls = []
+    path = tmp_path / "rows" / "r.json"
+    assert cached(path, lambda: calls.append(1) or {"x": 1}) == {"x": 1}
+    assert cached(path, lambda: calls.append(1) or {"x": 2}) == {"x": 1}
+    assert calls == [1] and not list(path.parent.glob("*.tmp"))
+
+    def crash():
+        raise RuntimeError("killed mid-row")
+
+    with pytest.raises(RuntimeError):
+        cached(tmp_path / "other.json", crash)
+    assert not (tmp_path / "other.json").exists()  # a crashed row is redone on the next run
+
+
+def test_a_row_fine_tunes_samples_and_scores_a_saved_pipeline(tmp_path):
+    pipe = ShapesTextToImagePipeline.from_scratch("mmdit-s", seed=0, width=32, head_dim=16, num_layers=2)
+    pipe.save_pretrained(tmp_path / "base")
+    key = fingerprint(str(tmp_path / "base"))
+    assert len(key) == 8 and key == fingerprint(str(tmp_path / "base"))
+    data = make_dataset(tmp_path / "data", n=8, seed=0, variant="caption", split="train")
+    budget = Budget(train_images=8, finetune_steps=2, batch_size=4, geneval_prompts=2, samples=1, sample_steps=2)
+    row = Row("rsr", "rsr", {"num_experts": 2, "latent_steps": 3, "rank": 2})
+    target, cost = finetuned(str(tmp_path / "base"), data, row, 0, 2, 4, tmp_path / "train")
+    assert cost["train_steps"] == 2 and cost["trainable_params"] > 0
+    result = geneval_row(target, evaluation_metadata()[:2], tmp_path / "geneval", budget, seed=0)
+    assert result["images"] == 2 and result["latent_steps"] == 3
+    assert 0 <= result["scores"]["overall"] <= 1
+    json.dumps(result)  # cacheable
+    base, base_cost = finetuned(str(tmp_path / "base"), data, Row("base", "base"), 0, 2, 4, tmp_path / "b")
+    assert base_cost["trainable_params"] == 0
+    assert geneval_row(base, evaluation_metadata()[:2], tmp_path / "g2", budget, seed=0)["latent_steps"] is None
