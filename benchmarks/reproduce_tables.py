@@ -14,7 +14,7 @@ Every row is fine-tuned at one fixed budget per mode (``QUICK`` or ``FULL``) and
     nohup python -m benchmarks.reproduce_tables > repro.log 2>&1 &   # about 2 h on 2 cores
     python -m benchmarks.reproduce_tables --rows "RSR M=2, T=2 (middle)" --seeds 0   # one row, one seed
 
-Writes ``docs/results/reproduction.md`` (``--out``) and ``reproduction.json`` next to it.
+Writes ``docs/results/reproduction.md`` (``--out``; quick runs write into ``--work``) and a ``.json`` next to it.
 """
 
 from __future__ import annotations
@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     budget, mode = (QUICK, "quick") if args.quick else (FULL, "full")
-    out = Path(args.out or f"docs/results/reproduction{'_quick' if args.quick else ''}.md")
     work = Path(args.work) / f"{mode}-{budget.key()}"
+    out = Path(args.out or (work / "reproduction.md" if args.quick else "docs/results/reproduction.md"))
     t2i, dpg, cls = {}, {}, {}
     if "t2i" in args.tables:
         data = make_dataset(work / "data-t2i", n=budget.train_images, seed=0, variant="caption", split="train")
