@@ -24,7 +24,12 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.shapes_rows import Budget, Row, cached, finetuned, fingerprint, fmt_ci, geneval_row, seed_everything
+from thinkpix.eval.dpg import dpg_prompts, generate_dpg, score_dpg_folder
+from thinkpix.eval.extractors import extract_features, get_extractor
+from thinkpix.eval.fid import compute_metrics
 from thinkpix.eval.geneval import format_scores
 from thinkpix.shapes.dataset import make_dataset
 from thinkpix.shapes.prompts import evaluation_metadata
@@ -56,8 +61,6 @@ CLASS_ROWS = [
 
 
 def t2i_row(row: Row, seed: int, budget: Budget, work: Path, data: Path) -> dict:
-    from thinkpix.eval.dpg import generate_dpg, score_dpg_folder  # noqa: PLC0415 (optional until used)
-
     seed_everything(seed)
     out = work / "t2i" / row.name / f"seed{seed}"
     target, cost = finetuned("shapes-t2i", data, row, seed, budget.finetune_steps, budget.batch_size, out / "train")
@@ -65,32 +68,31 @@ def t2i_row(row: Row, seed: int, budget: Budget, work: Path, data: Path) -> dict
     result = {**cost, "geneval": geneval_row(target, records, out / "geneval", budget, seed)}
     if row.name in DPG_ROWS:
         started = time.perf_counter()
-        folder = generate_dpg(target, out / "dpg", prompts=budget.dpg_prompts, samples=budget.samples, seed=seed,
-                              steps=budget.sample_steps, progress=False)
+        folder = generate_dpg(target, dpg_prompts(budget.dpg_prompts, split="eval"), out / "dpg",
+                              samples=budget.samples, seed=seed, steps=budget.sample_steps, progress=False)
         result["dpg"] = {"scores": score_dpg_folder(folder)[0], "sample_seconds": time.perf_counter() - started}
     return result
 
 
 def class_row(row: Row, seed: int, budget: Budget, work: Path, data: Path, reference: Path) -> dict:
-    import numpy as np
     from thinkpix.eval.images import load_images  # noqa: PLC0415
 
-    from thinkpix.eval.fid import compute_metrics  # noqa: PLC0415
-    from thinkpix.shapes.models import CLASS_NAMES
 
     seed_everything(seed)
     out = work / "class" / row.name / f"seed{seed}"
     steps = budget.class_finetune_steps or budget.finetune_steps
     target, cost = finetuned("shapes-class", data, row, seed, steps, budget.batch_size, out / "train")
-    labels = np.random.default_rng(seed).integers(0, len(CLASS_NAMES), budget.class_samples).tolist()
+    # the classes of the reference renders (the training split's): held-out colour-shape pairs were never trained
+    classes = sorted(p.name for p in reference.iterdir() if p.is_dir())
+    labels = [classes[i] for i in np.random.default_rng(seed).integers(0, len(classes), budget.class_samples)]
     started = time.perf_counter()
     images = np.concatenate([target.sample(labels[i : i + 100], seed=seed + i, steps=budget.sample_steps)
                              for i in range(0, len(labels), 100)])
     seconds = time.perf_counter() - started
     images = (images * 255).round().clip(0, 255).astype(np.uint8)
-    metrics = compute_metrics(load_images(reference), images, extractor="shapes")
-    return {**cost, "metrics": dict(metrics._asdict()) if hasattr(metrics, "_asdict") else dict(metrics),
-            "sample_seconds": seconds, "images": len(images)}
+    extractor = get_extractor("shapes")
+    metrics = compute_metrics(extract_features(extractor, load_images(reference)), extract_features(extractor, images))
+    return {**cost, "metrics": metrics, "sample_seconds": seconds, "images": len(images)}
 
 
 def _cost(results: list[dict]) -> str:
@@ -124,11 +126,11 @@ def write_report(out: Path, budget: Budget, mode: str, t2i: dict, dpg: dict, cls
                          + " |")
         lines.append("")
     if cls:
-        cols = ["fd", "sfd", "inception_score", "precision", "recall"]
+        cols = ["fid", "sfid", "inception_score", "precision", "recall"]
         lines += ["## Table 1 analogue: class-conditional DiT, `shapes` features", "",
                   "| row | FD | sFD | IS | precision | recall | params | cost |", "| --- |" + " ---: |" * 7]
         for name, results in cls.items():
-            cells = [fmt_ci([r["metrics"][c] for r in results], scale=1.0, digits=2 if c in ("fd", "sfd") else 3)
+            cells = [fmt_ci([r["metrics"][c] for r in results], scale=1.0, digits=2 if c in ("fid", "sfid") else 3)
                      for c in cols]
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {results[0]['trainable_params']:,} | "
                          f"{sum(r['train_seconds'] for r in results) / len(results):.0f} s / "

@@ -176,6 +176,59 @@ def _eval_geneval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate_dpg(args: argparse.Namespace) -> int:
+    from .eval.dpg import dpg_prompts, generate_dpg
+    from .sampling import load_target
+
+    items = dpg_prompts(args.num_prompts, split=args.split, seed=args.prompt_seed)
+    print(generate_dpg(load_target(args.model, args.rsr), items, args.out, samples=args.samples, seed=args.seed,
+                       steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+                       info={"model": str(args.model), "rsr": args.rsr, "split": args.split,
+                             "prompt_seed": args.prompt_seed}))
+    return 0
+
+
+def _eval_dpg(args: argparse.Namespace) -> int:
+    from .eval.dpg import format_dpg_scores, score_dpg_folder
+
+    scores, results = score_dpg_folder(args.folder)
+    print(format_dpg_scores({Path(args.folder).name: scores}))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"scores": scores, "images": len(results)}, indent=2))
+    return 0
+
+
+def _eval_fid(args: argparse.Namespace) -> int:
+    from .eval.fid import evaluate_folders_or_npz, format_metrics
+
+    metrics = evaluate_folders_or_npz(args.ref, args.samples, extractor=args.extractor,
+                                      weights=args.inception_weights if args.extractor == "inception" else None,
+                                      batch_size=args.batch_size)
+    print(format_metrics(metrics))
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _train_extractor(args: argparse.Namespace) -> int:
+    from .eval.train_extractor import train_extractor
+
+    config = train_extractor(args.out, per_class=args.per_class, epochs=args.epochs, seed=args.seed)
+    print(json.dumps({"out": args.out, "test_accuracy": config["test"]["accuracy"]}))
+    return 0
+
+
+def _sample_npz(args: argparse.Namespace) -> int:
+    from .eval.sample_npz import sample_npz
+
+    out = sample_npz(args.model, args.num_samples, args.out, rsr=args.rsr, seed=args.seed,
+                     batch_size=args.batch_size, steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+                     split=args.split)
+    if out is not None:
+        print(out)
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from .core.config import RSRConfig
 
@@ -232,6 +285,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     p.add_argument("--samples", type=int, default=4, help="images per prompt (GenEval: 4)")
     p.set_defaults(func=_generate_geneval)
+    p = gen.add_parser("dpg", help="Shapes-DPG layout: <out>/<index>/item.json (+ questions) + samples/<n>.png")
+    _add_sampling_options(p)
+    p.add_argument("--split", choices=("eval", "train", "all"), default="eval",
+                   help="eval: prompts with a held-out binding; train: none; all: both")
+    p.add_argument("--num-prompts", type=int, default=100)
+    p.add_argument("--prompt-seed", type=int, default=0, help="seed of the dense prompts drawn")
+    p.add_argument("--samples", type=int, default=4, help="images per prompt (DPG-Bench: 4)")
+    p.set_defaults(func=_generate_dpg)
+
+    p = sub.add_parser("sample-npz", help="sample N images (sharded over accelerate processes) into an ADM-style "
+                                          ".npz (arr_0: uint8 NHWC)")
+    _add_sampling_options(p)
+    p.add_argument("--num-samples", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (also the unit of sharding)")
+    p.add_argument("--split", choices=("eval", "train"), default="eval", help="text models: prompt split drawn from")
+    p.set_defaults(func=_sample_npz)
 
     p = sub.add_parser("eval", help="score a folder written by `thinkpix generate`")
     ev = p.add_subparsers(dest="benchmark", required=True)
@@ -239,6 +308,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
     p.add_argument("--json", help="also write the scores to this file")
     p.set_defaults(func=_eval_geneval)
+    p = ev.add_parser("dpg", help="per-category and overall Shapes-DPG scores of a `generate dpg` folder")
+    p.add_argument("folder")
+    p.add_argument("--json", help="also write the scores to this file")
+    p.set_defaults(func=_eval_dpg)
+    p = ev.add_parser("fid", help="FID, sFID, IS, precision and recall (ADM evaluator) of samples vs a reference")
+    p.add_argument("--ref", required=True, help="reference images: an image folder or an .npz (arr_0, uint8 NHWC)")
+    p.add_argument("--samples", required=True, help="sampled images: an image folder or an .npz")
+    p.add_argument("--extractor", default="shapes", help="feature extractor: shapes (shipped) or inception")
+    p.add_argument("--inception-weights", help="local FID Inception weights file (for --extractor inception)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", help="also write the metrics to this file")
+    p.set_defaults(func=_eval_fid)
+    p = ev.add_parser("train-extractor", help="train the shapes feature extractor on the Shapes class dataset")
+    p.add_argument("--out", default="src/thinkpix/assets/shapes-features")
+    p.add_argument("--per-class", type=int, default=1000, help="training images per class (28 classes)")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_train_extractor)
 
     from .analysis.routing import add_analyze_parser
     from .shapes.cli import add_shapes_parser
