@@ -7,8 +7,9 @@
 * Table 1 analogue: the class-conditional DiT base with SFT and RSR, FD / sFD / IS / precision / recall
   with the ``shapes`` feature extractor against real renders.
 
-Every row is fine-tuned at one fixed budget per mode (``QUICK`` or ``FULL``) and cached under
-``--work``; a rerun skips finished rows, so the full mode resumes after an interruption::
+Every row is fine-tuned at one fixed budget per mode (``QUICK`` or ``FULL``); each finished (row, seed)
+is one JSON under ``--rows-dir`` (keyed by the base's weights and the budget), and a rerun skips
+finished rows, so the full mode resumes after an interruption, also in a later session::
 
     python -m benchmarks.reproduce_tables --quick            # < 20 min on 2 cores
     nohup python -m benchmarks.reproduce_tables > repro.log 2>&1 &   # about 2 h on 2 cores
@@ -150,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=None, help="only these row names")
     parser.add_argument("--tables", nargs="+", default=["t2i", "class"], choices=["t2i", "class"])
-    parser.add_argument("--work", default="runs/reproduce", help="row cache (resumable)")
+    parser.add_argument("--work", default="runs/reproduce", help="data, checkpoints and samples of every row")
+    parser.add_argument("--rows-dir", default=None,
+                        help="finished rows, one JSON each (default: docs/results/reproduction_rows for the full "
+                             "mode, so that finished rows are committed and a later session resumes from them)")
     parser.add_argument("--out", default=None, help="report path (default docs/results/reproduction[_quick].md)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -160,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     budget, mode = (QUICK, "quick") if args.quick else (FULL, "full")
     work = Path(args.work) / f"{mode}-{budget.key()}"
     out = Path(args.out or (work / "reproduction.md" if args.quick else "docs/results/reproduction.md"))
+    rows_dir = Path(args.rows_dir or (work / "rows" if args.quick else "docs/results/reproduction_rows")) / mode
     t2i, dpg, cls = {}, {}, {}
     if "t2i" in args.tables:
         data = make_dataset(work / "data-t2i", n=budget.train_images, seed=0, variant="caption", split="train")
@@ -167,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in T2I_ROWS:
             if args.rows and row.name not in args.rows:
                 continue
-            results = [cached(work / "rows" / f"t2i-{key}" / row.name / f"seed{seed}.json",
+            results = [cached(rows_dir / f"t2i-{key}" / row.name / f"seed{seed}.json",
                               lambda s=seed, r=row: t2i_row(r, s, budget, work, data)) for seed in args.seeds]
             t2i[row.name] = results
             if row.name in DPG_ROWS:
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in CLASS_ROWS:
             if args.rows and row.name not in args.rows:
                 continue
-            cls[row.name] = [cached(work / "rows" / f"class-{key}" / row.name / f"seed{seed}.json",
+            cls[row.name] = [cached(rows_dir / f"class-{key}" / row.name / f"seed{seed}.json",
                                     lambda s=seed, r=row: class_row(r, s, budget, work, data, reference))
                              for seed in args.seeds]
             print(f"[class] {row.name}: done", flush=True)
