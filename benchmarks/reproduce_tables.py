@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in T2I_ROWS:
             if args.rows and row.name not in args.rows:
                 continue
-            results = [cached(rows_dir / f"t2i-{key}" / row.name / f"seed{seed}.json",
+            results = [cached(rows_dir / f"t2i-{key}-{budget.key()}" / row.name / f"seed{seed}.json",
                               lambda s=seed, r=row: t2i_row(r, s, budget, work, data)) for seed in args.seeds]
             t2i[row.name] = results
             if row.name in DPG_ROWS:
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in CLASS_ROWS:
             if args.rows and row.name not in args.rows:
                 continue
-            cls[row.name] = [cached(rows_dir / f"class-{key}" / row.name / f"seed{seed}.json",
+            cls[row.name] = [cached(rows_dir / f"class-{key}-{budget.key()}" / row.name / f"seed{seed}.json",
                                     lambda s=seed, r=row: class_row(r, s, budget, work, data, reference))
                              for seed in args.seeds]
             print(f"[class] {row.name}: done", flush=True)

@@ -39,7 +39,8 @@ class RSRStep(NamedTuple):
     probs: Tensor  # (B, N, M) fp32 gate probabilities
     logits: Tensor | None  # (B, N, M) fp32 differentiable logits (None: gate not evaluated)
     active: Tensor | None = None  # (B, N) bool: tokens that ran this step (None: all; see halting)
-    state: Tensor | None = None  # (B, N, D) detached input h_t of the step, when ``record_states`` is on
+    state: Tensor | None = None  # (B, N, D) input h_t of the step, when ``record_states`` is on (detached
+    # unless ``state_grad`` is on)
 
 
 class RSROutput(NamedTuple):
@@ -69,6 +70,9 @@ class RecursiveSparseReasoning(nn.Module):
             self.halt_head = HaltingHead(dim) if config.halting == "learned" else None
         self.gradient_checkpointing = False  # recompute each intermediate step in backward (saves memory)
         self.record_states = False  # keep every step's input in RSRStep.state (token trajectories, Fig. 3)
+        # keep the recorded states attached to the graph, so that a loss on them (e.g. a decoder of every
+        # latent step, FrozenLake planning) trains the recursion; off: states are detached copies
+        self.state_grad = False
 
     def forward(
         self,
@@ -106,7 +110,7 @@ class RecursiveSparseReasoning(nn.Module):
             h = state if t == 0 or not cfg.remodulate or modulate is None else modulate(state)
             decision = self.gate(h, None if context is None else context[t], None if forced is None else forced[t])
             steps.append(RSRStep(decision.index, decision.probs, decision.logits, None if last else active,
-                                 h.detach() if self.record_states else None))
+                                 (h if self.state_grad else h.detach()) if self.record_states else None))
             if decision.logits is not None:  # routed by the gate (not M=1, not random routing)
                 losses.append(balance_loss(decision.probs, decision.index))
             if last:
