@@ -72,6 +72,7 @@ def rsr_rows(name: str, fields: dict, criteria: list[str], budget: Budget, work:
                              budget.batch_size, work / name / "train")
     records = evaluation_metadata()[: budget.geneval_prompts]
     total = fields["latent_steps"]
+    set_halting(target.transformer, "none")  # a model trained with the learned head halts unless told not to
     rows = {"fixed T": {**cost, **_measure(target, records, budget, work / name / "fixed", seed)}}
     for criterion in criteria:
         scan = calibrate(target, criterion, budget.sample_steps)

@@ -75,14 +75,19 @@ class LatentStepGate(nn.Module):
         super().__init__()
         self.num_experts, self.tau, self.routing, self.gate_input = num_experts, tau, routing, gate_input
         self.seed = seed
+        # Only what is used has parameters, so that parameter counts (and DDP) see the real model: nothing
+        # for M = 1 (plain LoRA, nothing to route), no step/condition context for the tokens-only ablation.
+        routed = num_experts > 1
+        conditioned = routed and gate_input == "full"
         self.step_proj = Timesteps(STEP_FREQUENCIES, flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.step_embedder = TimestepEmbedding(STEP_FREQUENCIES, dim)
+        self.step_embedder = TimestepEmbedding(STEP_FREQUENCIES, dim) if conditioned else None
         cond_dim = dim if cond_dim is None else cond_dim
-        self.cond_proj = nn.Identity() if cond_dim == dim else nn.Linear(cond_dim, dim)
-        self.proj = nn.Linear(dim, num_experts)
+        self.cond_proj = (nn.Identity() if cond_dim == dim else nn.Linear(cond_dim, dim)) if conditioned else None
+        self.proj = nn.Linear(dim, num_experts) if routed else None
         self._generator: torch.Generator | None = None
-        nn.init.normal_(self.proj.weight, std=0.02)  # near-uniform routing at the start
-        nn.init.zeros_(self.proj.bias)
+        if self.proj is not None:
+            nn.init.normal_(self.proj.weight, std=0.02)  # near-uniform routing at the start
+            nn.init.zeros_(self.proj.bias)
 
     # -- randomness -------------------------------------------------------------------------------
     def generator(self, device: torch.device) -> torch.Generator:
@@ -106,7 +111,7 @@ class LatentStepGate(nn.Module):
     def context(self, cond: Tensor | None, latent_steps: int, dtype: torch.dtype) -> Tensor | None:
         """``y + step_embedding(t)`` for t = 1..T: (T, B, 1, D); None for the tokens-only ablation, and for
         M = 1, where the gate is never evaluated."""
-        if self.gate_input == "tokens" or self.num_experts == 1:
+        if self.step_embedder is None:
             return None
         device = self.proj.weight.device
         steps = torch.arange(1, latent_steps + 1, device=device)
