@@ -25,7 +25,7 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.shapes_rows import Budget, Row, cached, finetuned, fingerprint, geneval_row, sampling_macs
+from benchmarks.shapes_rows import Budget, Row, cached, finetuned, fingerprint, geneval_row, sampling_macs, spread
 from thinkpix.eval.geneval import format_scores
 from thinkpix.models import routing_trace, set_halting
 from thinkpix.shapes.dataset import make_dataset
@@ -70,7 +70,7 @@ def rsr_rows(name: str, fields: dict, criteria: list[str], budget: Budget, work:
     """Fine-tune once; score fixed T, then each criterion at the calibrated thresholds."""
     target, cost = finetuned("shapes-t2i", data, Row(name, "rsr", fields), seed, budget.finetune_steps,
                              budget.batch_size, work / name / "train")
-    records = evaluation_metadata()[: budget.geneval_prompts]
+    records = spread(evaluation_metadata(), budget.geneval_prompts)
     total = fields["latent_steps"]
     set_halting(target.transformer, "none")  # a model trained with the learned head halts unless told not to
     rows = {"fixed T": {**cost, **_measure(target, records, budget, work / name / "fixed", seed)}}
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     budget, mode = (QUICK, "quick") if args.quick else (FULL, "full")
     work = Path(args.work) / f"{mode}-{budget.key()}-{fingerprint('shapes-t2i')}"
     data = make_dataset(work / "data", n=budget.train_images, seed=0, variant="caption", split="train")
-    records = evaluation_metadata()[: budget.geneval_prompts]
+    records = spread(evaluation_metadata(), budget.geneval_prompts)
     seed = args.seed
 
     def base_at(steps: int) -> dict:

@@ -27,7 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.shapes_rows import Budget, Row, cached, finetuned, fingerprint, fmt_ci, geneval_row, seed_everything
+from benchmarks.shapes_rows import (
+    Budget,
+    Row,
+    cached,
+    finetuned,
+    fingerprint,
+    fmt_ci,
+    geneval_row,
+    seed_everything,
+    spread,
+)
 from thinkpix.eval.dpg import dpg_prompts, generate_dpg, score_dpg_folder
 from thinkpix.eval.extractors import extract_features, get_extractor
 from thinkpix.eval.fid import compute_metrics
@@ -65,7 +75,7 @@ def t2i_row(row: Row, seed: int, budget: Budget, work: Path, data: Path) -> dict
     seed_everything(seed)
     out = work / "t2i" / row.name / f"seed{seed}"
     target, cost = finetuned("shapes-t2i", data, row, seed, budget.finetune_steps, budget.batch_size, out / "train")
-    records = evaluation_metadata()[: budget.geneval_prompts]
+    records = spread(evaluation_metadata(), budget.geneval_prompts)
     result = {**cost, "geneval": geneval_row(target, records, out / "geneval", budget, seed)}
     if row.name in DPG_ROWS:
         started = time.perf_counter()
@@ -114,12 +124,14 @@ def write_report(out: Path, budget: Budget, mode: str, t2i: dict, dpg: dict, cls
                   "| row | " + " | ".join(geneval_cols) + " | params | cost |",
                   "| --- |" + " ---: |" * (len(geneval_cols) + 2)]
         for name, results in t2i.items():
-            cells = [fmt_ci([r["geneval"]["scores"][c] for r in results]) for c in geneval_cols]
+            cells = [fmt_ci([r["geneval"]["scores"][c] for r in results])
+                     if all(c in r["geneval"]["scores"] for r in results) else "-" for c in geneval_cols]
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {results[0]['trainable_params']:,} | "
                          f"{_cost(results)} |")
         lines.append("")
     if dpg:
-        cols = sorted({c for rs in dpg.values() for r in rs for c in r["dpg"]["scores"]}, key=lambda c: c != "overall")
+        order = ["overall", "entity", "attribute", "relation", "global", "other"]
+        cols = [c for c in order if any(c in r["dpg"]["scores"] for rs in dpg.values() for r in rs)]
         lines += ["## Table 3 analogue: Shapes-DPG (percent)", "", "| row | " + " | ".join(cols) + " |",
                   "| --- |" + " ---: |" * len(cols)]
         for name, results in dpg.items():

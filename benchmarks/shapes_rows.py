@@ -126,6 +126,13 @@ def geneval_row(target: TrainTarget, records: list[dict], out: Path, budget: Bud
             "latent_steps": latent_steps}
 
 
+def spread(records: list, n: int | None) -> list:
+    """``n`` records evenly spaced over the list (every tag of a GenEval set, not just the first ones)."""
+    if n is None or n >= len(records):
+        return list(records)
+    return [records[i * len(records) // n] for i in range(n)]
+
+
 def mean_ci(values: list[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95% confidence interval (Student's t, n - 1 degrees of freedom)."""
     n = len(values)
