@@ -328,9 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train_extractor)
 
     from .analysis.routing import add_analyze_parser
+    from .frozenlake.cli import add_frozenlake_parser
     from .shapes.cli import add_shapes_parser
 
     add_shapes_parser(sub)
+    add_frozenlake_parser(sub)
     add_analyze_parser(sub)
 
     p = sub.add_parser("info", help="print the version and an RSRConfig as JSON")
