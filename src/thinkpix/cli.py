@@ -120,7 +120,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     data = load_image_folder(args.train_data_dir, args.image_size)
     pipeline_cls = ShapesTextToImagePipeline if args.model.startswith("mmdit") else ShapesClassPipeline
     if args.init_from is None:
-        return _run_training(args, TrainTarget(pipeline_cls.from_scratch(args.model, seed=cfg.seed)), data, cfg)
+        extra = {} if pipeline_cls is ShapesTextToImagePipeline else {"scheduler": args.scheduler}
+        return _run_training(args, TrainTarget(pipeline_cls.from_scratch(args.model, seed=cfg.seed, **extra)), data,
+                             cfg)
     # Continue a base (e.g. the shipped one) with a fresh optimizer: how `make bases` extends a budget.
     pipeline = load_pipeline(args.init_from)
     if not isinstance(pipeline, pipeline_cls):
@@ -260,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="Shapes model factory, e.g. mmdit-s (text) or dit-s (class)")
     p.add_argument("--init-from", default=None,
                    help="start from this pipeline's weights (folder or shapes-t2i / shapes-class) instead of scratch")
+    p.add_argument("--scheduler", choices=("flow", "ddim"), default="flow",
+                   help="class models: rectified flow (default, converges sooner) or DDIM noise prediction (DiT's)")
     _add_train_options(p, "shapes-pretrain")
     p.set_defaults(func=_pretrain)
 

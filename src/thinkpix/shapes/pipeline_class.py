@@ -12,7 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline, DiTTransformer2DModel, ImagePipelineOutput
+from diffusers import (
+    DDIMScheduler,
+    DiffusionPipeline,
+    DiTTransformer2DModel,
+    FlowMatchEulerDiscreteScheduler,
+    ImagePipelineOutput,
+)
 from diffusers.schedulers import KarrasDiffusionSchedulers
 
 from thinkpix.shapes.models import CLASS_NAMES, build_model
@@ -38,7 +44,8 @@ class ShapesClassPipeline(DiffusionPipeline):
     Args:
         transformer: pixel-space DiT (``in_channels = 3``, ``ada_norm_zero``) over
             ``num_embeds_ada_norm`` classes.
-        scheduler: a diffusers scheduler for epsilon prediction (``DDIMScheduler`` by default).
+        scheduler: a diffusers scheduler for epsilon prediction (``DDIMScheduler`` by default), or a
+            ``FlowMatchEulerDiscreteScheduler`` for a rectified-flow DiT (velocity prediction).
         id2label: class id -> name (``DiTPipeline``'s ``id2label``; comma-separated names are
             synonyms); saved in ``model_index.json``. Defaults to :data:`~thinkpix.shapes.models.CLASS_NAMES`
             when the transformer has exactly that many classes.
@@ -67,13 +74,23 @@ class ShapesClassPipeline(DiffusionPipeline):
         )
 
     @classmethod
-    def from_scratch(cls, model: str = "dit-s", seed: int = 0, **overrides) -> ShapesClassPipeline:
+    def from_scratch(cls, model: str = "dit-s", seed: int = 0, scheduler: str = "ddim",
+                     **overrides) -> ShapesClassPipeline:
         """A randomly initialised pipeline in eval mode: ``SHAPES_MODELS[model]`` (``overrides`` change its size)
-        over :data:`~thinkpix.shapes.models.CLASS_NAMES` with :func:`default_scheduler`."""
+        over :data:`~thinkpix.shapes.models.CLASS_NAMES`.
+
+        ``scheduler``: ``"ddim"`` (:func:`default_scheduler`, DiT's noise prediction) or ``"flow"``
+        (rectified flow, SD3's objective; the shipped ``shapes-class`` uses it because on a CPU budget it
+        converges far sooner: after 1000 steps the noise-prediction model still drew noise,
+        ``docs/results/shapes_bases.md``).
+        """
+        if scheduler not in ("ddim", "flow"):
+            raise ValueError(f"scheduler={scheduler!r} is invalid: allowed values are 'ddim' or 'flow'")
         transformer = build_model(model, seed=seed, **overrides)
         if not isinstance(transformer, DiTTransformer2DModel):
             raise ValueError(f"model {model!r} is not a DiT: use a 'dit-*' model for class-conditional sampling")
-        return cls(transformer.eval(), default_scheduler())
+        sampler = FlowMatchEulerDiscreteScheduler() if scheduler == "flow" else default_scheduler()
+        return cls(transformer.eval(), sampler)
 
     @property
     def num_classes(self) -> int:

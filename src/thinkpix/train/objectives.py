@@ -32,6 +32,8 @@ def flow_matching_loss(forward: Forward, x0: Tensor, scheduler: FlowMatchEulerDi
     sigma = sigmas.view(-1, *([1] * (x0.ndim - 1)))
     noisy = (1.0 - sigma) * x0 + sigma * noise
     pred = forward(noisy, timesteps)
+    if pred.shape[1] == 2 * x0.shape[1]:  # a DiT that also predicts the variance: score the first C channels
+        pred = pred[:, : x0.shape[1]]
     return F.mse_loss(pred.float(), (noise - x0).float())
 
 
