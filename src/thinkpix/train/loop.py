@@ -117,6 +117,8 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
     resume_from = resolve_resume(ckpt_dir, resume)
     if resume_from is not None:
         step, tensors, ema_tensors = load_checkpoint(resume_from, optimizer)
+        for group in optimizer.param_groups:  # the run's learning rate wins over the one saved (same on a plain resume)
+            group["lr"] = cfg.learning_rate
         missing = sorted(set(named) - set(tensors))
         if missing:
             raise ValueError(f"checkpoint {resume_from} does not match this run: no weights for {missing[:4]}")
