@@ -57,6 +57,7 @@ def trainable_parameters(target: TrainTarget, cfg: TrainConfig) -> dict[str, tor
         modules = {"transformer": transformer}
         if target.kind == "caption" and getattr(target.pipeline, "text_encoder", None) is not None:
             modules["text_encoder"] = target.pipeline.text_encoder  # the Shapes text encoder trains with its base
+            target.train_text_encoder = True
         named = {}
         for prefix, module in modules.items():
             module.requires_grad_(True)

@@ -66,6 +66,7 @@ class TrainTarget:
 
     pipeline: object
     label_map: Tensor | None = None  # class-folder index -> pipeline class id (see map_classes)
+    train_text_encoder: bool = False  # set by the loop when the text encoder trains with its base (method "full")
 
     def __post_init__(self) -> None:
         if hasattr(self.pipeline, "set_progress_bar_config"):
@@ -94,11 +95,13 @@ class TrainTarget:
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return ((sample - shift) * vae.config.scaling_factor).float()
 
-    @torch.no_grad()
     def text_conditions(self, captions: list[str]) -> dict[str, Tensor]:
+        """Prompt embeddings; differentiable only while the text encoder trains (``train_text_encoder``)."""
         is_sd3 = type(self.pipeline).__name__ == "StableDiffusion3Pipeline"
         extra = {"prompt_2": None, "prompt_3": None} if is_sd3 else {}
-        embeds, _, pooled, _ = self.pipeline.encode_prompt(prompt=captions, do_classifier_free_guidance=False, **extra)
+        with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
+            embeds, _, pooled, _ = self.pipeline.encode_prompt(prompt=captions, do_classifier_free_guidance=False,
+                                                               **extra)
         return {"encoder_hidden_states": embeds.float(), "pooled_projections": pooled.float()}
 
     def conditions(self, captions: list[str] | None = None, labels: Tensor | None = None) -> dict[str, Tensor]:
