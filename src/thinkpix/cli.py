@@ -168,14 +168,19 @@ def _generate_geneval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_geneval(args: argparse.Namespace) -> int:
-    from .eval.geneval import format_scores, score_geneval_folder
-
-    scores, results = score_geneval_folder(args.folder)
-    print(format_scores({Path(args.folder).name: scores}))
+def _report_scores(args: argparse.Namespace, score_folder, format_rows) -> int:
+    """Score ``args.folder``, print the one-row table, and write ``--json`` when asked."""
+    scores, results = score_folder(args.folder)
+    print(format_rows({Path(args.folder).name: scores}))
     if args.json:
         Path(args.json).write_text(json.dumps({"scores": scores, "images": len(results)}, indent=2))
     return 0
+
+
+def _eval_geneval(args: argparse.Namespace) -> int:
+    from .eval.geneval import format_scores, score_geneval_folder
+
+    return _report_scores(args, score_geneval_folder, format_scores)
 
 
 def _generate_dpg(args: argparse.Namespace) -> int:
@@ -193,11 +198,7 @@ def _generate_dpg(args: argparse.Namespace) -> int:
 def _eval_dpg(args: argparse.Namespace) -> int:
     from .eval.dpg import format_dpg_scores, score_dpg_folder
 
-    scores, results = score_dpg_folder(args.folder)
-    print(format_dpg_scores({Path(args.folder).name: scores}))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"scores": scores, "images": len(results)}, indent=2))
-    return 0
+    return _report_scores(args, score_dpg_folder, format_dpg_scores)
 
 
 def _eval_fid(args: argparse.Namespace) -> int:

@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..shapes.dpg import DPG_CATEGORIES, DpgItem, random_item
 from ..shapes.dpg_score import DpgImageResult, score_dpg_image, summarize_dpg
 from ..shapes.prompts import HELDOUT_BINDINGS, canonical_fact
 from ..train.targets import TrainTarget
-from ..train.validation import to_uint8
+from .geneval import sample_prompt_folders
 
 DPG_SPLITS = ("eval", "train", "all")
 MAX_DRAWS_PER_PROMPT = 1000
@@ -87,13 +86,8 @@ def generate_dpg(target: TrainTarget, items: list[DpgItem], out: str | Path, sam
     for i, item in enumerate(items):
         (out / f"{i:05d}" / "samples").mkdir(parents=True, exist_ok=True)
         (out / f"{i:05d}" / "item.json").write_text(json.dumps(item.to_dict(), indent=1) + "\n")
-    jobs = [(i, n) for i in range(len(items)) for n in range(samples)]
-    for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc="dpg", unit="batch"):
-        batch = jobs[start : start + batch_size]
-        images = to_uint8(target.sample([items[i].prompt for i, _ in batch], seed=seed + start, steps=steps,
-                                        guidance_scale=guidance_scale))
-        for (i, n), image in zip(batch, images):
-            Image.fromarray(image).save(out / f"{i:05d}" / "samples" / f"{n:05d}.png")
+    sample_prompt_folders(target, [item.prompt for item in items], out, samples, seed, steps, guidance_scale,
+                          batch_size, progress, desc="dpg")
     return out
 
 

@@ -33,18 +33,26 @@ def generate_geneval(target: TrainTarget, records: list[dict], out: str | Path, 
     offset of its first image, so a run is reproducible for a given ``batch_size``.
     """
     out = Path(out)
-    jobs = [(i, n) for i in range(len(records)) for n in range(samples)]
     for i, record in enumerate(records):
         folder = out / f"{i:05d}"
         (folder / "samples").mkdir(parents=True, exist_ok=True)
         (folder / "metadata.jsonl").write_text(json.dumps(validate_metadata(record, f"record {i}")) + "\n")
-    for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc="geneval", unit="batch"):
+    sample_prompt_folders(target, [r["prompt"] for r in records], out, samples, seed, steps, guidance_scale,
+                          batch_size, progress, desc="geneval")
+    return out
+
+
+def sample_prompt_folders(target: TrainTarget, prompts: list[str], out: Path, samples: int, seed: int, steps: int,
+                          guidance_scale: float, batch_size: int, progress: bool, desc: str) -> None:
+    """Write ``<out>/<i:05d>/samples/<n:05d>.png`` for every prompt i and sample n (the GenEval / DPG layout);
+    batch b is drawn from a generator seeded with ``seed`` plus the offset of its first image."""
+    jobs = [(i, n) for i in range(len(prompts)) for n in range(samples)]
+    for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc=desc, unit="batch"):
         batch = jobs[start : start + batch_size]
-        images = to_uint8(target.sample([records[i]["prompt"] for i, _ in batch], seed=seed + start, steps=steps,
+        images = to_uint8(target.sample([prompts[i] for i, _ in batch], seed=seed + start, steps=steps,
                                         guidance_scale=guidance_scale))
         for (i, n), image in zip(batch, images):
             Image.fromarray(image).save(out / f"{i:05d}" / "samples" / f"{n:05d}.png")
-    return out
 
 
 def score_geneval_folder(folder: str | Path) -> tuple[dict[str, float], list[GenEvalResult]]:
