@@ -33,7 +33,7 @@ from thinkpix.shapes.prompts import evaluation_metadata, training_metadata
 from thinkpix.train import load_pipeline
 
 QUICK = Budget(train_images=256, finetune_steps=20, batch_size=16, geneval_prompts=24, samples=1, sample_steps=10)
-FULL = Budget(train_images=2000, finetune_steps=250, batch_size=32, geneval_prompts=None, samples=4, sample_steps=20)
+FULL = Budget(train_images=2000, finetune_steps=250, batch_size=32, geneval_prompts=None, samples=2, sample_steps=20)
 RSR = {"layers": "middle", "num_experts": 4, "latent_steps": 5}
 # Threshold grids scanned on training prompts; the thresholds whose latent-step savings come closest to
 # TARGET_SAVINGS are then scored on the held-out prompts (a threshold is a compute knob, so it is chosen
