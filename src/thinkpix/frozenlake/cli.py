@@ -30,9 +30,12 @@ def _train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
     planner = PlannerConfig(recursive=args.model == "rsr", cell_px=args.cell_px, width=args.width, heads=args.heads,
-                            layers=args.layers, rank=args.rank, plan_steps=args.plan_steps, seed=args.seed)
+                            layers=args.layers, rank=args.rank, plan_steps=args.plan_steps,
+                            decoder_layers=args.decoder_layers, positions=args.positions, decoder=args.decoder,
+                            routing=args.routing, render=args.render, seed=args.seed)
     cfg = TrainConfig(sizes=args.sizes, maps_per_size=args.maps_per_size, steps=args.steps, batch=args.batch,
-                      lr=args.lr, recon_weight=args.recon_weight, max_minutes=args.max_minutes, seed=args.seed)
+                      lr=args.lr, warmup=args.warmup, recon_weight=args.recon_weight, max_minutes=args.max_minutes,
+                      seed=args.seed)
     model = VisualPlanner(planner)
     print(f"{args.model} planner: {parameter_count(model)} parameters")
     summary = train_planner(model, cfg, log_every=args.log_every)
@@ -54,6 +57,10 @@ def _eval(args: argparse.Namespace) -> int:
         results[name] = evaluate(name, args.sizes, args.n, args.seed)
     for folder in args.model:
         model = VisualPlanner.load(folder)
+        if args.routing:
+            model.config.routing = args.routing
+        if args.render:
+            model.config.render = args.render
         label = ("rsr" if model.config.recursive else "non-recursive") + f" ({Path(folder).name})"
         start = time.time()
         results[label] = evaluate(model, args.sizes, args.n, args.seed)
@@ -100,7 +107,21 @@ def add_frozenlake_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
     t.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall time")
     t.add_argument("--batch", type=positive_int, default=32, help="maps per batch, one size per batch (default 32)")
     t.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (default 1e-3)")
-    t.add_argument("--recon-weight", type=float, default=10.0, help="weight of the frame loss (default 10)")
+    t.add_argument("--warmup", type=int, default=100, help="linear warm-up steps (default 100)")
+    t.add_argument("--recon-weight", type=float, default=None,
+                   help="weight of the frame loss (default 1 for --decoder cells, 10 for pixels)")
+    t.add_argument("--decoder", choices=("cells", "pixels"), default="cells",
+                   help="cells: per-cell categorical appearance, drawn with the env's tiles (default); "
+                   "pixels: pixel regression (MSE)")
+    t.add_argument("--decoder-layers", type=positive_int, default=1, help="decoder transformer layers (default 1)")
+    t.add_argument("--positions", choices=("sincos", "learned"), default="sincos",
+                   help="cell positions: fixed sin/cos integer-grid codes (default) or learned row/col tables")
+    t.add_argument("--routing", choices=("sample", "token"), default="sample",
+                   help="inference routing stored with the planner: one action per sample per step (default) "
+                   "or the core's per-token argmax")
+    t.add_argument("--render", choices=("argmax", "one_agent"), default="one_agent",
+                   help="how the cells decoder draws a frame, stored with the planner: exactly one agent per frame, "
+                   "on the cell with the highest agent probability (default), or the argmax of every cell")
     t.add_argument("--cell-px", type=positive_int, default=8, help="pixels per cell (divides 64; default 8)")
     t.add_argument("--width", type=positive_int, default=64, help="transformer width (default 64)")
     t.add_argument("--heads", type=positive_int, default=4, help="attention heads (default 4)")
@@ -121,6 +142,10 @@ def add_frozenlake_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
     e.add_argument("--n", type=positive_int, default=200, help="held-out maps per size (default 200)")
     e.add_argument("--seed", type=int, default=0, help="map-set seed (default 0)")
     e.add_argument("--json", help="also write the numbers to this JSON file")
+    e.add_argument("--routing", choices=("sample", "token"), default=None,
+                   help="override the planners' inference routing (default: the one stored with each)")
+    e.add_argument("--render", choices=("argmax", "one_agent"), default=None,
+                   help="override how the cells decoder draws frames (default: the one stored with each)")
     e.set_defaults(func=_eval)
 
     s = commands.add_parser("show", help="write the decoded step-by-step strip of a held-out map as a PNG",

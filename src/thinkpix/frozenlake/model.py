@@ -10,16 +10,26 @@ T = P + 1 latent steps for plans of up to P moves:
     step P + 1:      the core's final, base-integrating step (Algorithm 1); its route is not an action
     frame after a_t = decoder(h_{t+1})     (a small transformer over the cell tokens of one state)
 
+The decoder ("cells", default) predicts for every cell token which of the 20 cell appearances (tile S/F/H/G
+x no agent / agent facing LEFT, DOWN, RIGHT, UP) the frame shows after the move, and the frame is drawn with
+the env's own cell pixels (``frames.cell_tiles``), so decoded frames are crisp; ``decoder="pixels"`` regresses
+the cell pixels instead (the first version).
+
 Training forces the true action through ``force_routing`` and trains the gate with cross-entropy on its
 logits at every token (``RSRStep.logits``); the decoder reconstructs the frame after every move from the
-differentiable step states (``RecursiveSparseReasoning.state_grad``). Inference uses the gate alone (eval
-mode: per-token argmax, as the core routes).
+differentiable step states (``RecursiveSparseReasoning.state_grad``). Inference uses the gate alone, with no
+forcing. ``routing="sample"`` (default): at every latent step the gate's per-token probabilities are averaged
+over the map's tokens and every token of the sample takes that argmax expert (``per_sample_routing``, a forward
+hook on the gate, so step t+1 routes from the state that step t's chosen expert produced, in a single pass);
+this matches training, where one action is forced for all tokens. ``routing="token"``: the core's own
+per-token argmax.
 
 Design choices:
 * Map sizes 3..8: no padding. One cell is one DiT patch (``patch_size = cell_px``), so an n x n frame gives
   n * n tokens; the size enters as the DiT class label (adaLN conditioning of every block and of the gate),
-  and positions are learned row + column embeddings indexed by the cell's integer (row, col). The DiT's
-  sincos grid is rescaled to its base size for other sizes, so a one-cell shift would differ per size.
+  and positions are row + column codes indexed by the cell's integer (row, col): fixed sin/cos codes
+  (``positions="sincos"``, default, a one-cell shift is a fixed rotation) or learned tables ("learned"). The
+  DiT's own sincos grid is rescaled to its base size for other sizes, so a one-cell shift would differ per size.
 * Steps after the goal: masked. The gate CE and the frame loss only count moves 1..L of a length-L plan;
   later steps are never supervised and cannot affect earlier ones (step t only sees steps < t). At
   inference the plan stops where the decoded agent first stands on the goal (or a hole): the closed-loop
@@ -36,17 +46,19 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from diffusers import DiTTransformer2DModel
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ..core.config import RSRConfig
+from ..core.gate import GateDecision
 from ..models.hosts import apply_rsr, rsr_layers
 from ..models.inspect import force_routing
 from .frames import cell_tiles
@@ -82,14 +94,30 @@ class PlannerConfig:
     plan_steps: int = 16
     decoder_layers: int = 1
     positions: str = "sincos"
+    decoder: str = "cells"  # "cells": per-cell categorical appearance (rendered from the env's tiles); "pixels"
+    routing: str = "sample"  # inference: "sample" (one action per sample per step) or "token" (per-token argmax)
+    render: str = "one_agent"  # "cells" decoder: exactly one agent per frame ("one_agent") or "argmax" per cell
     seed: int = 0
+
+    def __post_init__(self):
+        if self.decoder not in ("cells", "pixels"):
+            raise ValueError(f"decoder must be 'cells' or 'pixels', got {self.decoder!r}")
+        if self.routing not in ("sample", "token"):
+            raise ValueError(f"routing must be 'sample' or 'token', got {self.routing!r}")
+        if self.render not in ("argmax", "one_agent"):
+            raise ValueError(f"render must be 'argmax' or 'one_agent', got {self.render!r}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> PlannerConfig:
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        # planners written before these options existed: pixel decoder, per-token routing
+        data.setdefault("decoder", "pixels")
+        data.setdefault("routing", "token")
+        data.setdefault("render", "argmax")
+        return cls(**data)
 
 
 class PlanOutput(NamedTuple):
@@ -135,17 +163,42 @@ class CellPatchEmbed(nn.Module):
 
 
 class StateDecoder(nn.Module):
-    """A latent state's cell tokens -> the frame's cell pixels (a small pre-norm transformer + linear)."""
+    """A latent state's cell tokens -> per cell either logits over the 20 cell appearances (``out_dim`` = 20,
+    the "cells" decoder) or the cell's pixels (``out_dim`` = c*c*3, "pixels"): a small pre-norm transformer
+    followed by a linear map."""
 
-    def __init__(self, width: int, heads: int, layers: int, cell_px: int):
+    def __init__(self, width: int, heads: int, layers: int, out_dim: int):
         super().__init__()
         layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
-        self.out = nn.Linear(width, cell_px * cell_px * 3)
+        self.out = nn.Linear(width, out_dim)
 
-    def forward(self, states: Tensor) -> Tensor:  # (K, N, D) -> (K, N, c*c*3) pixels, ~[0, 1]
+    def forward(self, states: Tensor) -> Tensor:  # (K, N, D) -> (K, N, out_dim)
         return self.out(self.norm(self.blocks(states)))
+
+
+@contextmanager
+def per_sample_routing(gate: nn.Module):
+    """Inside this context the gate routes every token of a sample to the same expert at each latent step:
+    the argmax of its per-token probabilities averaged over the sample's tokens (the gate still decides; this
+    is the per-sample route that training forces). A forward hook replaces the gate's per-token choice; a
+    forced route (``force_routing``) is left as it is."""
+
+    def hook(_module, args, output: GateDecision):
+        forced = args[2] if len(args) > 2 else None
+        if forced is not None or output.logits is None:
+            return output
+        choice = output.probs.mean(1).argmax(-1)  # (B,)
+        index = choice[:, None].expand(output.index.shape)
+        return GateDecision(index, F.one_hot(index, output.probs.shape[-1]).to(output.weights.dtype),
+                            output.probs, output.logits)
+
+    handle = gate.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class ActionHead(nn.Module):
@@ -188,7 +241,9 @@ class VisualPlanner(nn.Module):
                 apply_rsr(self.dit, rsr)
                 self.dit.requires_grad_(True)  # trained from scratch (apply_rsr freezes the base)
                 self._proc.rsr.state_grad = True
-                self.decoder = StateDecoder(cfg.width, cfg.heads, cfg.decoder_layers, cfg.cell_px)
+                out_dim = len(APPEARANCES) if cfg.decoder == "cells" else cfg.cell_px * cfg.cell_px * 3
+                self.decoder = StateDecoder(cfg.width, cfg.heads, cfg.decoder_layers, out_dim)
+                self.register_buffer("atlas", appearance_atlas(cfg.cell_px), persistent=False)  # (20, c*c*3)
                 self.head = None
             else:
                 self.decoder = None
@@ -220,7 +275,7 @@ class VisualPlanner(nn.Module):
             nn.init.normal_(self._proc.rsr.experts.lora_B, std=0.02)
         if self.decoder is not None:
             nn.init.zeros_(self.decoder.out.weight)
-            nn.init.constant_(self.decoder.out.bias, 0.5)  # mid-grey frames at the start
+            nn.init.constant_(self.decoder.out.bias, 0.0 if self.config.decoder == "cells" else 0.5)
         if self.head is not None:
             nn.init.normal_(self.head.queries, std=0.02)
 
@@ -241,11 +296,13 @@ class VisualPlanner(nn.Module):
         labels = torch.full((b,), n, dtype=torch.long, device=frames.device)
         self.dit(x, timestep=t, class_labels=labels)
 
-    def forward(self, frames: Tensor, actions: Tensor | None = None) -> PlanOutput:
+    def forward(self, frames: Tensor, actions: Tensor | None = None, routing: str = "token") -> PlanOutput:
         """Plan from start frames (B, n*c, n*c, 3) in [0, 1].
 
         RSR: ``actions`` (B, P) long (padding may be any id in 0..3) are forced through ``force_routing``;
-        None lets the gate route (inference). Baseline: ``actions`` is ignored.
+        None lets the gate route (inference): ``routing="token"`` as the core routes (per-token argmax in eval
+        mode), ``"sample"`` one expert per sample per step (``per_sample_routing``). Baseline: ``actions`` and
+        ``routing`` are ignored.
         """
         p = self.config.plan_steps
         if self.head is not None:
@@ -257,7 +314,13 @@ class VisualPlanner(nn.Module):
         route = None
         if actions is not None:  # (B, P + 1): the final, base-integrating step gets expert 0 (unsupervised)
             route = torch.cat([actions.clamp_min(0), actions.new_zeros(actions.shape[0], 1)], 1)
-        with force_routing(self.dit, route) if route is not None else nullcontext():
+        if route is not None:
+            context = force_routing(self.dit, route)
+        elif routing == "sample":
+            context = per_sample_routing(proc.rsr.gate)
+        else:
+            context = nullcontext()
+        with context:
             self._run_dit(frames)
         steps = proc.last_steps
         logits = torch.stack([s.logits for s in steps[:p]], 1)  # (B, P, N, M): step t chooses move t
@@ -266,17 +329,42 @@ class VisualPlanner(nn.Module):
         return PlanOutput(logits, states, experts)
 
     def decode(self, states: Tensor) -> Tensor:
-        """(K, N, D) states -> (K, n*c, n*c, 3) frames (unclamped)."""
+        """(K, N, D) states -> (K, n*c, n*c, 3) frames. "cells" decoder: every cell drawn as its most likely
+        appearance with the env's own tile pixels (exact tiles, values in [0, 1]); "pixels": the regressed
+        pixels (unclamped)."""
         k, n_tok = states.shape[:2]
         n, c = math.isqrt(n_tok), self.config.cell_px
-        cells = self.decoder(states).view(k, n, n, c, c, 3)
+        out = self.decoder(states)
+        if self.config.decoder == "cells":
+            out = self.atlas[self.cell_appearance(out)]  # (K, N, c*c*3)
+        cells = out.view(k, n, n, c, c, 3)
         return cells.permute(0, 1, 3, 2, 4, 5).reshape(k, n * c, n * c, 3)
 
+    def cell_appearance(self, logits: Tensor) -> Tensor:
+        """(K, N, 20) appearance logits -> (K, N) appearance index per cell. ``render="argmax"``: each cell's
+        most likely appearance. ``"one_agent"``: a frame shows exactly one agent, so the agent goes to the cell
+        with the highest total agent probability (with its most likely pose there) and every other cell gets
+        its most likely agent-free appearance."""
+        if self.config.render == "argmax":
+            return logits.argmax(-1)
+        k, n_tok = logits.shape[:2]
+        logp = logits.log_softmax(-1).view(k, n_tok, len(TILES), len(POSES))  # log p(tile, pose); pose 0: none
+        agent_mass = logp[..., 1:].logsumexp((-1, -2))  # (K, N) log p(agent on this cell)
+        cell = agent_mass.argmax(-1)  # (K,)
+        empty = logp[..., 0].argmax(-1) * len(POSES)  # (K, N) best agent-free appearance
+        best_agent = logp[..., 1:].flatten(-2).argmax(-1)  # (K, N) over tile x pose 1..4
+        agent = (best_agent // (len(POSES) - 1)) * len(POSES) + best_agent % (len(POSES) - 1) + 1
+        rows = torch.arange(k, device=logits.device)
+        out = empty.clone()
+        out[rows, cell] = agent[rows, cell]
+        return out
+
     @torch.no_grad()
-    def plan(self, frames: Tensor) -> tuple[Tensor, Tensor]:
-        """Inference with the gate alone. RSR: ((B, P, H, W, 3) decoded frames in [0, 1], (B, P) majority
-        expert per move). Baseline: (None, (B, P) actions)."""
-        out = self(frames)
+    def plan(self, frames: Tensor, routing: str | None = None) -> tuple[Tensor, Tensor]:
+        """Inference with the gate alone (``routing``: "sample" / "token", default ``config.routing``).
+        RSR: ((B, P, H, W, 3) decoded frames in [0, 1], (B, P) majority expert per move). Baseline:
+        (None, (B, P) actions)."""
+        out = self(frames, routing=routing or self.config.routing)
         votes = out.experts.mode(-1).values  # (B, P)
         if self.head is not None:
             return None, votes

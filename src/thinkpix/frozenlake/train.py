@@ -6,8 +6,10 @@ pose, ``model.APPEARANCES``); the frame after move t is ``appearance_atlas[appea
 ``frames.trajectory_frames`` (tested). Maps whose plan is longer than ``plan_steps`` are left out of training.
 
 Loss per batch (one map size per batch, sizes taken in turn):
-    RSR:      CE(gate logits at every token, true move t) + recon_weight * MSE(decoded frame t, true frame t),
-              both over moves t <= L only (steps after the goal are masked, see model.py)
+    RSR:      CE(gate logits at every token, true move t) + recon_weight * frame loss of move t, both over
+              moves t <= L only (steps after the goal are masked, see model.py). Frame loss: per-cell CE of the
+              decoded appearance logits against the true appearance ("cells" decoder, default) or the pixel
+              MSE ("pixels"), the agent's cell weighted as much as all other cells together
     baseline: CE(action logits of step t, true move t) over t <= L
 """
 
@@ -83,14 +85,17 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup: int = 100
-    recon_weight: float = 10.0
+    recon_weight: float | None = None  # None: 1 for the "cells" decoder (cross-entropy), 10 for "pixels" (MSE)
     max_minutes: float | None = None
     seed: int = 0
 
 
 def planner_loss(model: VisualPlanner, data: PlanData, idx: Tensor, atlas: Tensor,
-                 recon_weight: float = 10.0) -> tuple[Tensor, dict]:
-    """Loss on maps ``idx`` of ``data``; returns (loss, {"ce", "recon", "acc"})."""
+                 recon_weight: float | None = None) -> tuple[Tensor, dict]:
+    """Loss on maps ``idx`` of ``data``; returns (loss, {"ce", "recon", "acc", "frame"}) ("frame": share of
+    decoded steps whose every cell is right, "cells" decoder only)."""
+    if recon_weight is None:
+        recon_weight = 1.0 if model.config.decoder == "cells" else 10.0
     start, actions, lengths = data.start[idx], data.actions[idx], data.lengths[idx]
     p = actions.shape[1]
     valid = torch.arange(p)[None] < lengths[:, None]  # (B, P): moves 1..L
@@ -98,19 +103,26 @@ def planner_loss(model: VisualPlanner, data: PlanData, idx: Tensor, atlas: Tenso
     if not model.config.recursive:
         logits = model(start).logits[:, :, 0][valid]  # (K, 4)
         ce = F.cross_entropy(logits, target)
-        return ce, {"ce": ce.item(), "recon": 0.0, "acc": (logits.argmax(-1) == target).float().mean().item()}
+        acc = (logits.argmax(-1) == target).float().mean().item()
+        return ce, {"ce": ce.item(), "recon": 0.0, "acc": acc, "frame": float("nan")}
     out = model(start, actions)
     logits = out.logits[valid]  # (K, N, M): every token votes for move t
     ce = F.cross_entropy(logits.flatten(0, 1), target.repeat_interleave(logits.shape[1]))
-    pred = model.decoder(out.states[valid])  # (K, N, c*c*3)
+    pred = model.decoder(out.states[valid])  # (K, N, 20) appearance logits or (K, N, c*c*3) pixels
     appear = data.appear[idx][valid]  # (K, N)
-    cell_err = (pred - atlas[appear]).pow(2).mean(-1)  # (K, N)
-    # The agent's cell weighs as much as all the others together: plain pixel MSE is dominated by the static
-    # background and lets the decoder drop the agent (measured: the agent vanished after move 1).
+    if model.config.decoder == "cells":
+        cell_err = F.cross_entropy(pred.flatten(0, 1), appear.flatten(), reduction="none").view(appear.shape)
+        frame_ok = (pred.argmax(-1) == appear).all(-1).float().mean().item()  # whole frame right
+    else:
+        cell_err = (pred - atlas[appear]).pow(2).mean(-1)  # (K, N)
+        frame_ok = float("nan")
+    # The agent's cell weighs as much as all the others together: a plain per-cell loss is dominated by the
+    # static background and lets the decoder drop the agent (measured with pixel MSE: the agent vanished
+    # after move 1).
     weight = 1.0 + appear.shape[1] * (appear % len(POSES) != 0).float()  # (K, N)
     recon = (weight * cell_err).sum() / weight.sum()
     acc = (logits.mean(1).argmax(-1) == target).float().mean().item()
-    return ce + recon_weight * recon, {"ce": ce.item(), "recon": recon.item(), "acc": acc}
+    return ce + recon_weight * recon, {"ce": ce.item(), "recon": recon.item(), "acc": acc, "frame": frame_ok}
 
 
 def train_planner(model: VisualPlanner, cfg: TrainConfig, data: dict[int, PlanData] | None = None,
@@ -148,7 +160,8 @@ def train_planner(model: VisualPlanner, cfg: TrainConfig, data: dict[int, PlanDa
             recent = history[-log_every:]
             mean = {k: sum(h[k] for h in recent) / len(recent) for k in info}
             log(f"step {step:5d} size {d.size} ce {mean['ce']:.4f} recon {mean['recon']:.5f} "
-                f"acc {mean['acc']:.3f} lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:6.0f}s")
+                f"acc {mean['acc']:.3f} frame {mean['frame']:.3f} lr {sched.get_last_lr()[0]:.2e} "
+                f"{time.time() - t0:6.0f}s")
         if cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes:
             if log is not None:
                 log(f"time budget of {cfg.max_minutes} min reached at step {step}")
