@@ -134,7 +134,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from .sampling import sample_to_folder
 
-    conditions = args.prompt or [int(c) for c in (args.class_label or [])]
+    conditions = args.prompt or [int(c) if c.isdigit() else c for c in (args.class_label or [])]
     if args.prompts_file:
         conditions = [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
     if not conditions:
@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_options(p)
     p.add_argument("--prompt", action="append", help="repeatable")
     p.add_argument("--prompts-file", help="one prompt per line")
-    p.add_argument("--class-label", action="append", help="class id, repeatable")
+    p.add_argument("--class-label", action="append", help="class id or label name (e.g. red_circle), repeatable")
     p.add_argument("--num-images", type=int, default=1, help="images per prompt/class")
     p.set_defaults(func=_sample)
 
