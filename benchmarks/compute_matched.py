@@ -28,6 +28,7 @@ from pathlib import Path
 from benchmarks.shapes_rows import Budget, Row, cached, finetuned, fingerprint, geneval_row, sampling_macs, spread
 from thinkpix.eval.geneval import format_scores
 from thinkpix.models import routing_trace, set_halting
+from thinkpix.sampling import load_target
 from thinkpix.shapes.dataset import make_dataset
 from thinkpix.shapes.prompts import evaluation_metadata, training_metadata
 from thinkpix.train import load_pipeline
@@ -86,6 +87,26 @@ def rsr_rows(name: str, fields: dict, criteria: list[str], budget: Budget, work:
     return rows
 
 
+def latency(rows: dict, specs: dict, rounds: int = 3) -> dict[str, float]:
+    """CPU seconds per image of every row's sampling, timed side by side in one process: interleaved rounds,
+    minimum per row (CPU time of one thread: what other jobs on shared cores do not inflate)."""
+    probe = [r["prompt"] for r in training_metadata()[:8]]
+    configs = {}
+    for name, (checkpoint, halting) in specs.items():
+        target = load_target("shapes-t2i", checkpoint)
+        if checkpoint is not None:
+            criterion, *threshold = halting.removeprefix("halting ").split()
+            set_halting(target.transformer, criterion, float(threshold[0]) if threshold else None)
+        configs[name] = (target, rows[name]["sample_steps"])
+    times = {name: [] for name in configs}
+    for _ in range(rounds):
+        for name, (target, steps) in configs.items():
+            started = time.process_time()
+            target.sample(probe, seed=0, steps=steps)
+            times[name].append((time.process_time() - started) / len(probe))
+    return {name: min(values) for name, values in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -132,6 +153,15 @@ def main(argv: list[str] | None = None) -> int:
 
     sft = cached(work / "sft.json", sft_matched)
     rows[f"SFT rank {sft['rank']} (RSR's parameters)"] = sft
+    specs = {name: (None, "none") for name in rows if name.startswith("base")}
+    groups = (("RSR M=4, T=5, ", "rsr", rsr), ("RSR M=4, T=5 trained with ACT head, ", "rsr-learned", learned))
+    for prefix, folder, group in groups:
+        specs.update({prefix + key: (work / folder / "train" / "rsr", "none" if key == "fixed T" else key)
+                      for key in group})
+    specs[f"SFT rank {sft['rank']} (RSR's parameters)"] = (work / "sft" / "train" / "rsr", "none")
+    seconds = cached(work / f"latency-{args.threads}.json", lambda: latency(rows, specs))
+    for name, value in seconds.items():
+        rows[name]["cpu_seconds_per_image"] = value
     default_out = work / "compute_matched.md" if args.quick else Path("docs/results/compute_matched.md")
     write_report(Path(args.out or default_out), rows, base,
                  rsr["fixed T"], budget, "python -m benchmarks.compute_matched" + (" --quick" if args.quick else ""))
@@ -143,16 +173,28 @@ def write_report(out: Path, rows: dict, base: dict, fixed: dict, budget: Budget,
              f"Produced by `{command}` on {time.strftime('%Y-%m-%d')} (budget: {budget}). One fine-tuning seed; "
              "every row samples the same held-out prompts with the same seeds (paired). MACs = multiply-adds "
              "per image over the whole sampling run (every denoising step, CFG batch included), counted with "
-             "`FlopCounterMode` on the ops that ran. Wall = sampling time relative to the base row in this run.",
+             "`FlopCounterMode` on the ops that ran. Time vs base = CPU time per image of sampling 8 training "
+             "prompts, all rows timed side by side in one process (3 interleaved rounds, minimum; 1 thread).",
              "", "| row | GenEval overall | latent steps | steps saved | MACs / image (G) | MACs vs base | "
-             "wall vs base | trainable params |", "| --- |" + " ---: |" * 7]
+             "time vs base | trainable params |", "| --- |" + " ---: |" * 7]
     for name, r in rows.items():
         steps = r.get("latent_steps")
         saved = f"{100 * (1 - steps / fixed['latent_steps']):.0f}%" if name.startswith("RSR") else ""
         lines.append(f"| {name} | {100 * r['scores']['overall']:.1f} | "
                      f"{'' if steps is None else f'{steps:.2f}'} | {saved} | {r['macs_per_image'] / 1e9:.3f} | "
                      f"{r['macs_per_image'] / base['macs_per_image']:.3f} | "
-                     f"{r['sample_seconds'] / base['sample_seconds']:.2f} | {r['trainable_params']:,} |")
+                     f"{r['cpu_seconds_per_image'] / base['cpu_seconds_per_image']:.2f} | {r['trainable_params']:,} |")
+    lines += ["", "## Halting against its own fixed-T model (issue targets: >= 30% fewer latent steps, GenEval "
+              "within 0.5 points)", "", "| row | steps saved | GenEval change (points) | targets |",
+              "| --- | ---: | ---: | --- |"]
+    for name, r in rows.items():
+        if ", halting " not in name:
+            continue
+        ref = rows[name.split(", halting ")[0] + ", fixed T"]
+        saved = 1 - r["latent_steps"] / ref["latent_steps"]
+        change = 100 * (r["scores"]["overall"] - ref["scores"]["overall"])
+        met = saved >= 0.3 and change >= -0.5
+        lines.append(f"| {name} | {100 * saved:.0f}% | {change:+.1f} | {'met' if met else 'missed'} |")
     lines += ["", "Per-tag scores (percent):", "",
               format_scores({n: r["scores"] for n, r in rows.items()}), ""]
     out.parent.mkdir(parents=True, exist_ok=True)
