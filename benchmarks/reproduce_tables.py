@@ -106,6 +106,15 @@ def class_row(row: Row, seed: int, budget: Budget, work: Path, data: Path, refer
     return {**cost, "metrics": metrics, "sample_seconds": seconds, "images": len(images)}
 
 
+def seed_results(folder: Path, seeds: list[int], report_only: bool, compute) -> list[dict]:
+    """One result per seed, cached as ``<folder>/seed<k>.json`` (computed when missing); with ``report_only``
+    only the finished seeds, nothing computed."""
+    paths = [folder / f"seed{seed}.json" for seed in seeds]
+    if report_only:
+        return [json.loads(p.read_text()) for p in paths if p.is_file()]
+    return [cached(path, lambda s=seed: compute(s)) for path, seed in zip(paths, seeds)]
+
+
 def _cost(results: list[dict]) -> str:
     train = sum(r["train_seconds"] for r in results) / len(results)
     sample = sum(r.get("geneval", r)["sample_seconds"] for r in results) / len(results)
@@ -186,14 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         for row in T2I_ROWS:
             if args.rows and row.name not in args.rows:
                 continue
-            paths = [rows_dir / f"t2i-{key}-{budget.key()}" / row.name / f"seed{seed}.json" for seed in args.seeds]
-            if args.report_only:
-                results = [json.loads(p.read_text()) for p in paths if p.is_file()]
-                if not results:
-                    continue
-            else:
-                results = [cached(path, lambda s=seed, r=row: t2i_row(r, s, budget, work, data))
-                           for path, seed in zip(paths, args.seeds)]
+            results = seed_results(rows_dir / f"t2i-{key}-{budget.key()}" / row.name, args.seeds, args.report_only,
+                                   lambda s, r=row: t2i_row(r, s, budget, work, data))
+            if not results:
+                continue
             t2i[row.name] = results
             if row.name in DPG_ROWS:
                 dpg[row.name] = results
@@ -206,14 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         for row in CLASS_ROWS:
             if args.rows and row.name not in args.rows:
                 continue
-            paths = [rows_dir / f"class-{key}-{budget.key()}" / row.name / f"seed{seed}.json" for seed in args.seeds]
-            if args.report_only:
-                results = [json.loads(p.read_text()) for p in paths if p.is_file()]
-                if results:
-                    cls[row.name] = results
+            results = seed_results(rows_dir / f"class-{key}-{budget.key()}" / row.name, args.seeds, args.report_only,
+                                   lambda s, r=row: class_row(r, s, budget, work, data, reference))
+            if not results:
                 continue
-            cls[row.name] = [cached(path, lambda s=seed, r=row: class_row(r, s, budget, work, data, reference))
-                             for path, seed in zip(paths, args.seeds)]
+            cls[row.name] = results
             print(f"[class] {row.name}: done", flush=True)
     command = "python -m benchmarks.reproduce_tables" + (" --quick" if args.quick else "")
     if args.report_only:

@@ -56,3 +56,15 @@ def test_a_row_fine_tunes_samples_and_scores_a_saved_pipeline(tmp_path):
     base, base_cost = finetuned(str(tmp_path / "base"), data, Row("base", "base"), 0, 2, 4, tmp_path / "b")
     assert base_cost["trainable_params"] == 0
     assert geneval_row(base, evaluation_metadata()[:2], tmp_path / "g2", budget, seed=0)["latent_steps"] is None
+
+
+def test_seed_results_resume_and_report_only(tmp_path):
+    from benchmarks.reproduce_tables import seed_results
+
+    calls = []
+    compute = lambda s: calls.append(s) or {"seed": s}  # noqa: E731
+    assert seed_results(tmp_path, [0, 1], True, compute) == []  # nothing finished, nothing computed
+    assert seed_results(tmp_path, [0], False, compute) == [{"seed": 0}]
+    assert seed_results(tmp_path, [0, 1, 2], True, compute) == [{"seed": 0}]
+    assert seed_results(tmp_path, [0, 1], False, compute) == [{"seed": 0}, {"seed": 1}]
+    assert calls == [0, 1]  # seed 0 was not recomputed
