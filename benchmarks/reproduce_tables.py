@@ -73,7 +73,7 @@ CLASS_ROWS = [
 
 def t2i_row(row: Row, seed: int, budget: Budget, work: Path, data: Path) -> dict:
     seed_everything(seed)
-    out = work / "t2i" / row.name / f"seed{seed}"
+    out = work / "t2i" / row.slug / f"seed{seed}"
     target, cost = finetuned("shapes-t2i", data, row, seed, budget.finetune_steps, budget.batch_size, out / "train")
     records = spread(evaluation_metadata(), budget.geneval_prompts)
     result = {**cost, "geneval": geneval_row(target, records, out / "geneval", budget, seed)}
@@ -90,7 +90,7 @@ def class_row(row: Row, seed: int, budget: Budget, work: Path, data: Path, refer
 
 
     seed_everything(seed)
-    out = work / "class" / row.name / f"seed{seed}"
+    out = work / "class" / row.slug / f"seed{seed}"
     steps = budget.class_finetune_steps or budget.finetune_steps
     target, cost = finetuned("shapes-class", data, row, seed, steps, budget.batch_size, out / "train")
     # the classes of the reference renders (the training split's): held-out colour-shape pairs were never trained
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in T2I_ROWS:
             if args.rows and row.name not in args.rows:
                 continue
-            results = seed_results(rows_dir / f"t2i-{key}-{budget.key()}" / row.name, args.seeds, args.report_only,
+            results = seed_results(rows_dir / f"t2i-{key}-{budget.key()}" / row.slug, args.seeds, args.report_only,
                                    lambda s, r=row: t2i_row(r, s, budget, work, data))
             if not results:
                 continue
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in CLASS_ROWS:
             if args.rows and row.name not in args.rows:
                 continue
-            results = seed_results(rows_dir / f"class-{key}-{budget.key()}" / row.name, args.seeds, args.report_only,
+            results = seed_results(rows_dir / f"class-{key}-{budget.key()}" / row.slug, args.seeds, args.report_only,
                                    lambda s, r=row: class_row(r, s, budget, work, data, reference))
             if not results:
                 continue

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -53,6 +54,11 @@ class Row:
     method: str = "rsr"
     fields: dict = field(default_factory=dict)
     preset: str = "shapes"
+
+    @property
+    def slug(self) -> str:
+        """The name as a folder name: ``RSR w/o recursion M=2, T=1`` -> ``rsr-w-o-recursion-m-2-t-1``."""
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
 
     def describe(self) -> str:
         extras = ", ".join(f"{k}={v}" for k, v in self.fields.items())
