@@ -223,6 +223,8 @@ def measure_times(kind: str, args: argparse.Namespace) -> dict:
 
     for r in range(args.rounds):
         for mode, ref in (("forward", VARIANTS[0]), ("train", VARIANTS[1])):
+            if mode not in args.modes:
+                continue
             for variant in VARIANTS:
                 if variant is ref or variant.kind == "base" or (mode == "forward" and not variant.forward):
                     continue
@@ -263,6 +265,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--min-run-time", type=float, default=0.0,
                    help="seconds per blocked_autorange (0: one warm-up call, then one timed call)")
+    p.add_argument("--modes", nargs="+", choices=("forward", "train"), default=["forward", "train"],
+                   help="what to time (SD3-medium's training step takes minutes per call on one CPU core)")
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--no-profile", dest="profile", action="store_false")
     p.add_argument("--out", type=Path, default=Path("docs/results/overhead.md"))

@@ -64,6 +64,9 @@ def _add_train_options(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--validation-steps", type=int)
     p.add_argument("--step-checkpointing", action="store_true", default=None,
                    help="activation checkpointing across latent steps (less memory, more compute)")
+    p.add_argument("--fsdp", action="store_true", default=None,
+                   help="shard the transformer's blocks, gradients and optimizer state over the processes "
+                        "(FSDP2; launch with accelerate launch --num_processes N)")
     p.add_argument("--seed", type=int)
 
 
@@ -80,7 +83,8 @@ def _train_config(args: argparse.Namespace, **fixed):
     from .train import preset
 
     overrides = {name: getattr(args, name, None) for name in TRAIN_FIELDS}
-    overrides.update(layers=getattr(args, "layers", None), step_checkpointing=args.step_checkpointing, **fixed)
+    overrides.update(layers=getattr(args, "layers", None), step_checkpointing=args.step_checkpointing,
+                     fsdp=args.fsdp, **fixed)
     return preset(args.preset, **overrides)
 
 
@@ -105,7 +109,11 @@ def _run_training(args: argparse.Namespace, target, data, cfg) -> int:
 def _finetune(args: argparse.Namespace) -> int:
     from .train import TrainTarget, load_image_folder, load_pipeline
 
-    cfg = _train_config(args, method=args.method)  # cheap checks first: config, data, then the model
+    from .train.sharding import check_launch
+
+    cfg = _train_config(args, method=args.method)  # cheap checks first: config, launch, data, then the model
+    if cfg.fsdp:
+        check_launch()
     data = load_image_folder(args.train_data_dir, args.image_size)
     return _run_training(args, TrainTarget(load_pipeline(args.pretrained_model_name_or_path)), data, cfg)
 

@@ -49,8 +49,9 @@ def rsr_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def save_rsr(transformer: nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``rsr_config.json`` and ``rsr_weights.safetensors`` of the installed RSR into folder ``path``."""
+def save_rsr(transformer: nn.Module, path: str | os.PathLike, tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``rsr_config.json`` and ``rsr_weights.safetensors`` of the installed RSR into folder ``path``
+    (``tensors``: its ``rsr_state_dict`` already gathered, when the model is sharded over processes)."""
     install = _require_install(transformer)
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,7 +61,7 @@ def save_rsr(transformer: nn.Module, path: str | os.PathLike) -> Path:
         "thinkpix_width": str(_width(transformer, install.config.layers[0])),
         "thinkpix_num_blocks": str(len(transformer.transformer_blocks)),
     }
-    tensors = rsr_state_dict(transformer)
+    tensors = rsr_state_dict(transformer) if tensors is None else tensors
     _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     _atomic_write(out / CONFIG_NAME, lambda tmp: install.config.to_json(tmp))
     return out

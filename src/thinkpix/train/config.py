@@ -52,6 +52,7 @@ class TrainConfig:
     max_steps: int = 1000
     mixed_precision: str = "no"
     step_checkpointing: bool = False
+    fsdp: bool = False  # shard blocks, gradients and optimizer state over processes (FSDP2; train/sharding.py)
     ema_decay: float | None = None
     checkpointing_steps: int = 500
     checkpoints_total_limit: int = 2
@@ -94,6 +95,9 @@ class TrainConfig:
             _fail("validation_steps/seed", (self.validation_steps, self.seed), "integers >= 0")
         if self.halting not in HALTINGS:
             _fail("halting", self.halting, " or ".join(map(repr, HALTINGS)))
+        if self.fsdp and self.method == "full":
+            _fail("fsdp", self.fsdp, "False with method 'full' (FSDP shards RSR/SFT fine-tuning of large hosts; "
+                  "pretraining the small Shapes bases runs with DDP)")
         if self.method == "sft":
             self.num_experts, self.latent_steps = 1, 1
 

@@ -1,8 +1,8 @@
 """The training loop: one CPU, one GPU or many processes through ``accelerate launch``.
 
 It follows diffusers' LoRA training scripts (``train_dreambooth_lora_sd3.py``): accelerate for
-devices, DDP with unused-parameter detection (hard routing leaves experts idle in a step),
-gradient accumulation and mixed precision, trainable parameters kept in fp32, TensorBoard logging,
+devices, DDP with unused-parameter detection (hard routing leaves experts idle in a step) or
+FSDP2 sharding of the blocks (``TrainConfig.fsdp``, see ``sharding.py``), gradient accumulation and mixed precision, trainable parameters kept in fp32, TensorBoard logging,
 periodic checkpoints and ``--resume latest``.
 
 Determinism: every random choice of micro-step k on process r (data order, noise, timesteps, Gumbel
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate import Accelerator, DistributedDataParallelKwargs, DistributedType
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -26,9 +26,11 @@ from tqdm.auto import tqdm
 from ..analysis.stats import step_stats
 from ..core.config import RSRConfig
 from ..models import apply_rsr, aux_loss, rsr_layers, save_rsr, set_step_checkpointing
+from ..models.checkpoint import rsr_state_dict
 from .config import TrainConfig
 from .data import ImageDataset, batch_indices
 from .objectives import flow_matching_loss, noise_prediction_loss, training_scheduler
+from .sharding import gather, gather_optimizer_state, load_into, shard_optimizer_state, shard_transformer
 from .state import load_checkpoint, resolve_resume, save_checkpoint
 from .targets import TrainTarget
 from .validation import save_grid
@@ -70,6 +72,10 @@ def trainable_parameters(target: TrainTarget, cfg: TrainConfig) -> dict[str, tor
                     seed=cfg.seed)
     apply_rsr(transformer, rsr)
     set_step_checkpointing(transformer, cfg.step_checkpointing)
+    return _rsr_named_parameters(transformer)
+
+
+def _rsr_named_parameters(transformer: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {f"rsr.{i}.{n}": p for i, proc in rsr_layers(transformer).items() for n, p in proc.rsr.named_parameters()}
 
 
@@ -103,32 +109,39 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
         raise ValueError(f"the model is {target.kind}-conditioned but the data folder is a {data.kind} folder")
     if data.kind == "class" and target.label_map is None:
         target.map_classes(data.class_names)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise ValueError("accelerate's FSDP plugin is not used by thinkpix: launch without it and pass --fsdp "
+                         "(TrainConfig.fsdp), which shards the blocks with FSDP2 itself (see train/sharding.py)")
     named = trainable_parameters(target, cfg)
-    params = list(named.values())
-    for p in params:
+    for p in named.values():
         p.data = p.data.float()  # trainable parameters in fp32 (mixed precision autocasts the compute)
+    if cfg.fsdp:
+        shard_transformer(target.transformer)
+        named = _rsr_named_parameters(target.transformer)  # sharding replaced them with DTensor parameters
+    params = list(named.values())
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay)
     ema = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None
     target.transformer.train()
-    module, optimizer = accelerator.prepare(target.transformer, optimizer)
+    if cfg.fsdp:  # FSDP2 reduces the gradients itself: no DDP wrapper around the sharded module
+        module, optimizer = target.transformer, accelerator.prepare(optimizer)
+    else:
+        module, optimizer = accelerator.prepare(target.transformer, optimizer)
     scheduler = training_scheduler(target.pipeline.scheduler)
     ckpt_dir = out_dir / "checkpoints"
     step = 0
     resume_from = resolve_resume(ckpt_dir, resume)
     if resume_from is not None:
         step, tensors, ema_tensors = load_checkpoint(resume_from, optimizer)
+        shard_optimizer_state(optimizer)
         for group in optimizer.param_groups:  # the run's learning rate wins over the one saved (same on a plain resume)
             group["lr"] = cfg.learning_rate
         missing = sorted(set(named) - set(tensors))
         if missing:
             raise ValueError(f"checkpoint {resume_from} does not match this run: no weights for {missing[:4]}")
-        with torch.no_grad():
-            for name, p in named.items():
-                p.copy_(tensors[name])
+        load_into(named, tensors)
         if ema is not None and ema_tensors is not None:
-            for shadow, name in zip(ema.shadow_params, named):
-                shadow.copy_(ema_tensors[name])
+            load_into(dict(zip(named, ema.shadow_params)), ema_tensors)
             ema.optimization_step = step
     if report_to and accelerator.is_main_process:
         accelerator.init_trackers("thinkpix", config={k: str(v) for k, v in cfg.to_dict().items()})
@@ -189,25 +202,36 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
         bar.update(1)
         if step % cfg.checkpointing_steps == 0 or step == cfg.max_steps:
             accelerator.wait_for_everyone()
+            # gathered on every process (all-gathers under FSDP), written by the main one
+            weights, opt_state = gather(named), gather_optimizer_state(optimizer.state_dict())
+            shadow = gather(dict(zip(named, ema.shadow_params))) if ema is not None else None
             if accelerator.is_main_process:
-                shadow = dict(zip(named, ema.shadow_params)) if ema is not None else None
-                save_checkpoint(ckpt_dir, step, dict(named), optimizer, cfg.to_dict(), shadow,
+                save_checkpoint(ckpt_dir, step, weights, opt_state, cfg.to_dict(), shadow,
                                 keep=cfg.checkpoints_total_limit)
-        if validation and cfg.validation_steps and step % cfg.validation_steps == 0 and accelerator.is_main_process:
-            _validate(target, validation, out_dir, step, accelerator if report_to else None)
+        # a sharded model samples on every process (its forward is collective); the main one writes the grid
+        if validation and cfg.validation_steps and step % cfg.validation_steps == 0 and (
+                cfg.fsdp or accelerator.is_main_process):
+            _validate(target, validation, out_dir, step, accelerator if report_to else None,
+                      write=accelerator.is_main_process)
     bar.close()
     accelerator.wait_for_everyone()
+    if ema is not None:
+        ema.copy_to(params)  # the final weights are the EMA weights when EMA is on
+    final = gather(rsr_state_dict(target.transformer)) if cfg.method != "full" else None
     if accelerator.is_main_process:
-        result.final = _save_final(target, cfg, out_dir, ema, params)
-    accelerator.end_training()
+        result.final = _save_final(target, cfg, out_dir, final)
+    for tracker in accelerator.trackers:  # not end_training(): it destroys the process group, and a library
+        tracker.finish()                   # caller may train again or sample sharded in the same processes
     result.step = step
     return result
 
 
-def _validate(target: TrainTarget, validation: list, out_dir: Path, step: int, accelerator) -> None:
+def _validate(target: TrainTarget, validation: list, out_dir: Path, step: int, accelerator, write: bool) -> None:
     target.transformer.eval()
     images = target.sample(validation, seed=0)
     target.transformer.train()
+    if not write:
+        return
     save_grid(images, out_dir / "validation" / f"step-{step:06d}.png", scale=4)
     if accelerator is not None:
         tracker = accelerator.get_tracker("tensorboard", unwrap=False)
@@ -215,10 +239,8 @@ def _validate(target: TrainTarget, validation: list, out_dir: Path, step: int, a
             tracker.log_images({"validation": images}, step=step, dataformats="NHWC")
 
 
-def _save_final(target: TrainTarget, cfg: TrainConfig, out_dir: Path, ema, params) -> Path:
-    if ema is not None:
-        ema.copy_to(params)  # the final weights are the EMA weights when EMA is on
+def _save_final(target: TrainTarget, cfg: TrainConfig, out_dir: Path, rsr_tensors: dict | None) -> Path:
     if cfg.method == "full":
         target.pipeline.save_pretrained(out_dir / "pipeline")
         return out_dir / "pipeline"
-    return save_rsr(target.transformer, out_dir / "rsr")
+    return save_rsr(target.transformer, out_dir / "rsr", tensors=rsr_tensors)

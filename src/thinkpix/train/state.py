@@ -56,8 +56,8 @@ def list_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save_checkpoint(folder: str | Path, step: int, trainable: dict[str, torch.Tensor],
-                    optimizer: torch.optim.Optimizer, config: dict, ema: dict[str, torch.Tensor] | None = None,
+def save_checkpoint(folder: str | Path, step: int, trainable: dict[str, torch.Tensor], optimizer_state: dict,
+                    config: dict, ema: dict[str, torch.Tensor] | None = None,
                     keep: int = 2) -> Path:
     """Write checkpoint ``step`` atomically and keep only the newest ``keep`` checkpoints."""
     folder = Path(folder)
@@ -66,7 +66,7 @@ def save_checkpoint(folder: str | Path, step: int, trainable: dict[str, torch.Te
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f"{final.name}.tmp-"))
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
-        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer_state)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
         if ema is not None:
