@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T2I_STEPS=${T2I_STEPS:-2000}      # phase 1: constant lr 1e-3, no EMA
-T2I_EMA_STEPS=${T2I_EMA_STEPS:-3000}  # phase 2 (resumed): up to this step with an EMA (decay 0.999), shipped
+T2I_EMA_STEPS=${T2I_EMA_STEPS:-4500}  # phase 2 (resumed): up to this step with an EMA (decay 0.999), shipped
 CLASS_STEPS=${CLASS_STEPS:-1200}
 export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
 TP=.venv/bin/thinkpix
