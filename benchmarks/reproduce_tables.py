@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.reproduction_claims import claims_section
 from benchmarks.shapes_rows import (
     Budget,
     Row,
@@ -158,6 +159,16 @@ def write_report(out: Path, budget: Budget, mode: str, t2i: dict, dpg: dict, cls
                          f"{sum(r['train_seconds'] for r in results) / len(results):.0f} s / "
                          f"{sum(r['sample_seconds'] for r in results) / len(results):.0f} s |")
         lines.append("")
+    lines += claims_section(t2i, dpg, cls)
+    lines += ["## Rerunning one row", "",
+              "Finished rows are cached per seed under `docs/results/reproduction_rows/full/<table>-<base "
+              "fingerprint>-<budget>/<row>/seed<k>.json` and skipped on a rerun; delete a row's folder to "
+              "recompute it. One row alone (its report goes to `--out`, so this report is left as it is):", "",
+              "| row | method and fields | command |", "| --- | --- | --- |"]
+    for table, rows in (("t2i", T2I_ROWS), ("class", CLASS_ROWS)):
+        for row in rows:
+            lines.append(f"| {row.name} ({table}) | {row.describe()} | `python -m benchmarks.reproduce_tables "
+                         f"--tables {table} --rows '{row.name}' --out runs/{table}-{row.slug}.md` |")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"budget": budget.__dict__, "t2i": t2i, "dpg": dpg,

@@ -68,3 +68,26 @@ def test_seed_results_resume_and_report_only(tmp_path):
     assert seed_results(tmp_path, [0, 1, 2], True, compute) == [{"seed": 0}]
     assert seed_results(tmp_path, [0, 1], False, compute) == [{"seed": 0}, {"seed": 1}]
     assert calls == [0, 1]  # seed 0 was not recomputed
+
+
+def test_claims_are_judged_on_paired_seed_differences():
+    from benchmarks.reproduction_claims import Claim, check
+
+    def rows(better, worse):
+        return {"t2i": {"a": [{"geneval": {"scores": {"overall": v}}} for v in better],
+                        "b": [{"geneval": {"scores": {"overall": v}}} for v in worse]}}
+
+    claim = Claim("a beats b", "t2i", "a", "b")
+    # each row alone varies by 20 points over seeds, but a is 2 points above b on every seed
+    assert check(claim, rows([0.30, 0.10, 0.50], [0.28, 0.08, 0.48]), 100.0)[0] == "supported"
+    assert check(claim, rows([0.28, 0.08, 0.48], [0.30, 0.10, 0.50]), 100.0)[0] == "contradicted"
+    assert check(claim, rows([0.30, 0.10, 0.50], [0.28, 0.12, 0.48]), 100.0)[0] == "not resolved"
+    lower = Claim("a has lower FD", "class", "a", "b", "fid", lower=True)
+    fd = {"class": {"a": [{"metrics": {"fid": v}} for v in (10.0, 20.0, 30.0)],
+                    "b": [{"metrics": {"fid": v}} for v in (11.0, 21.2, 31.1)]}}
+    assert check(lower, fd, 1.0)[0] == "supported"
+    assert check(Claim("x", "dpg", "a", "missing"), {"dpg": {}}, 100.0) == ("not run", "-")
+
+
+def test_row_folders_are_slugs():
+    assert Row("RSR w/o recursion M=2, T=1 (middle)").slug == "rsr-w-o-recursion-m-2-t-1-middle"
