@@ -89,8 +89,12 @@ def claims_section(t2i: dict, dpg: dict, cls: dict) -> list[str]:
              "mean paired difference with its 95% interval (GenEval/DPG in points, FD/IS in their units). "
              "**supported**: the interval is on the paper's side of zero; **contradicted**: on the other side; "
              "**not resolved**: it contains zero. Produced by `benchmarks/reproduction_claims.py` from the same "
-             "rows as the tables.", "", "| claim | metric | difference | verdict |", "| --- | --- | ---: | --- |"]
-    for claim in CLAIMS:
-        verdict, diff = check(claim, rows, 1.0 if claim.table == "class" else 100.0)
-        lines.append(f"| {claim.text} | {claim.metric} | {diff} | {verdict} |")
+             "rows as the tables.", ""]
+    results = [(claim, *check(claim, rows, 1.0 if claim.table == "class" else 100.0)) for claim in CLAIMS]
+    counts = {v: sum(r[1].startswith(v) for r in results) for v in ("supported", "contradicted", "not resolved",
+                                                                     "not run")}
+    lines += [f"In short: of {len(results)} claims, {counts['supported']} supported, {counts['contradicted']} "
+              f"contradicted, {counts['not resolved']} not resolved at this budget, {counts['not run']} not run.", "",
+              "| claim | metric | difference | verdict |", "| --- | --- | ---: | --- |"]
+    lines += [f"| {claim.text} | {claim.metric} | {diff} | {verdict} |" for claim, verdict, diff in results]
     return lines + [""]
