@@ -41,7 +41,7 @@ from benchmarks.shapes_rows import (
 )
 from thinkpix.eval.dpg import dpg_prompts, generate_dpg, score_dpg_folder
 from thinkpix.eval.extractors import extract_features, get_extractor
-from thinkpix.eval.fid import compute_metrics
+from thinkpix.eval.fid import compute_metrics, load_images
 from thinkpix.eval.geneval import format_scores
 from thinkpix.shapes.dataset import make_dataset
 from thinkpix.shapes.prompts import evaluation_metadata
@@ -87,9 +87,6 @@ def t2i_row(row: Row, seed: int, budget: Budget, work: Path, data: Path) -> dict
 
 
 def class_row(row: Row, seed: int, budget: Budget, work: Path, data: Path, reference: Path) -> dict:
-    from thinkpix.eval.images import load_images  # noqa: PLC0415
-
-
     seed_everything(seed)
     out = work / "class" / row.slug / f"seed{seed}"
     steps = budget.class_finetune_steps or budget.finetune_steps

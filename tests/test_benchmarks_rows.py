@@ -91,3 +91,16 @@ def test_claims_are_judged_on_paired_seed_differences():
 
 def test_row_folders_are_slugs():
     assert Row("RSR w/o recursion M=2, T=1 (middle)").slug == "rsr-w-o-recursion-m-2-t-1-middle"
+
+
+def test_a_class_row_fine_tunes_the_shipped_dit_and_measures_fd(tmp_path):
+    from benchmarks.reproduce_tables import class_row
+
+    data = make_dataset(tmp_path / "data", n=8, seed=1, variant="class", split="train")
+    reference = make_dataset(tmp_path / "reference", n=16, seed=2, variant="class", split="train")
+    budget = Budget(train_images=8, finetune_steps=2, batch_size=4, sample_steps=2, class_samples=16)
+    row = Row("rsr", "rsr", {"num_experts": 2, "latent_steps": 2, "rank": 2})
+    result = class_row(row, 0, budget, tmp_path / "work", data, reference)
+    assert result["images"] == 16 and result["train_steps"] == 2
+    assert result["metrics"]["fid"] > 0 and 0 <= result["metrics"]["precision"] <= 1
+    json.dumps(result)  # cacheable
