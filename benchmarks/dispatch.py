@@ -129,7 +129,7 @@ def profile(args: argparse.Namespace) -> list[dict]:
     case = make_case(x, make_index("uniform", n, m, g), m, args.rank)
     grads = torch.randn(3, n, dim, generator=g)
     tables, iters = [], 5
-    for path in ("sorted", "sorted-v0", "grouped-fn", "single"):
+    for path in ("sorted", "sorted-v0", "sorted-v1", "single"):
         run = runner(case, path, "forward+backward", grads)
         run()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

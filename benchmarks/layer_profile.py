@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks.paths import GroupedLoRA, sort_tokens
-from thinkpix import ExpertBank, RecursiveSparseReasoning, RSRConfig
+from thinkpix import RecursiveSparseReasoning, RSRConfig
 
 
 class Host(nn.Module):
@@ -46,19 +45,6 @@ class Host(nn.Module):
         return F.layer_norm(h, h.shape[-1:]) * (1 + self.scale) + self.shift
 
 
-def use_grouped_fn(bank: ExpertBank) -> None:
-    """Swap the bank's sorted path for the experimental ``GroupedLoRA`` (benchmarks/paths.py) on this instance."""
-    core = bank._sorted
-
-    def grouped(x: Tensor, idx: Tensor, w: Tensor) -> Tensor:
-        counts, order, inverse = sort_tokens(idx, bank.num_experts)
-        if sum(1 for count in counts if count) == 1:
-            return core(x, idx, w)
-        return GroupedLoRA.apply(x, w, bank.lora_A, bank.lora_B, order, inverse, counts, bank.scaling)
-
-    bank._sorted = grouped
-
-
 def profile(fn, iters: int) -> dict[str, float]:
     fn()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -77,7 +63,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--dispatch", choices=("sorted", "dense"), default="sorted")
     p.add_argument("--checkpointing", action="store_true")
-    p.add_argument("--grouped-fn", action="store_true", help="use the experimental GroupedLoRA sorted path")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--top", type=int, default=20)
@@ -88,8 +73,6 @@ def main(argv: list[str] | None = None) -> None:
     config = RSRConfig(num_experts=args.experts, latent_steps=args.steps, rank=args.rank, dispatch=args.dispatch)
     rsr = RecursiveSparseReasoning(config, args.dim).train()
     rsr.gradient_checkpointing = args.checkpointing
-    if args.grouped_fn:
-        use_grouped_fn(rsr.experts)
     nn.init.normal_(rsr.experts.lora_B, std=0.02)
     lora_a = (torch.randn(args.dim, 3 * args.rank) * args.dim**-0.5).requires_grad_()
     lora_b = (torch.randn(3, args.rank, args.dim) * 0.02).requires_grad_()
@@ -108,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
 
     ours, plain = profile(rsr_step, args.iters), profile(lora_step, args.iters)
     rows = sorted(((ours.get(k, 0.0) - plain.get(k, 0.0), k) for k in set(ours) | set(plain)), reverse=True)
-    extra = (", checkpointing" if args.checkpointing else "") + (", grouped-fn" if args.grouped_fn else "")
+    extra = ", checkpointing" if args.checkpointing else ""
     print(f"RSR M={args.experts} T={args.steps} ({args.dispatch}{extra}) "
           f"vs one plain LoRA, N={args.tokens}, D={args.dim}, r={args.rank}, {args.threads} thread(s), "
           f"forward+backward, self CPU ms per iteration")

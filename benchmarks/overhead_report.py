@@ -157,7 +157,8 @@ def write_report(args: argparse.Namespace, results: dict, command: str, facts: l
           f"Produced by `{command}` (written by `benchmarks/overhead.py`; rerun to refresh).", "", *facts,
           "- models: the published architectures with random N(0, 0.02) weights (built on the meta device, then "
           "materialised), fp32; adapters installed and removed in turn on one model",
-          f"- timing: {args.rounds} round{'s' * (args.rounds != 1)} of {' and '.join(args.modes)}; in each, every variant is installed, timed with "
+          f"- timing: {args.rounds} round{'s' * (args.rounds != 1)} of {' and '.join(args.modes)}; in each, every "
+          "variant is installed, timed with "
           f"`Timer.blocked_autorange(min_run_time={args.min_run_time})` and removed, right next to its reference "
           "(forward: base; training step: peft), the order of the pair alternating between rounds. Forward = eval "
           "mode under `no_grad`; training step = train-mode forward, mean-squared loss (+ `aux_loss` for RSR), "

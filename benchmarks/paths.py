@@ -181,56 +181,22 @@ class Permute(torch.autograd.Function):
         return grad.index_select(ctx.dim, inverse), None, None, None
 
 
-class GroupedLoRA(torch.autograd.Function):
-    """The whole sorted dispatch as one autograd node (experimental).
-
-    Forward: gather x, one ``mm`` per expert into a shared (n, 3r) buffer, one ``bmm`` per expert written to
-    token order. Backward: one gather of the output gradient, then per expert ``mm``/``bmm`` with ``out=``
-    straight into one gradient buffer per parameter: no per-expert autograd nodes and no stacking of M expert
-    gradients (the core's ``unbind`` backward), which matters when segments are short.
-    """
+class Unsort(torch.autograd.Function):
+    """Write each expert's (3, n_m, D) piece straight to token order; backward is one gather."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, a: Tensor, b: Tensor, order: Tensor, inverse: Tensor,
-                counts: list[int], scaling: float) -> Tensor:
-        n, rank = x.shape[0], b.shape[2]
-        xs, ws = x.index_select(0, order), w.index_select(0, order) * scaling
-        h, out = x.new_empty(n, a.shape[2]), x.new_empty(3, n, b.shape[3])
-        start = 0
-        for m, count in enumerate(counts):
-            if count:
-                seg = slice(start, start + count)
-                torch.mm(xs[seg], a[m], out=h[seg])
-                hw = (h[seg] * ws[seg, None]).view(count, 3, rank).transpose(0, 1)
-                out.index_copy_(1, order[seg], torch.bmm(hw, b[m]))
-                start += count
-        ctx.save_for_backward(xs, ws, h, a, b, order, inverse)
-        ctx.counts, ctx.scaling = counts, scaling
+    def forward(ctx, order: Tensor, counts: list[int], *pieces: Tensor) -> Tensor:
+        ctx.save_for_backward(order)
+        ctx.counts = counts
+        out = pieces[0].new_empty(3, order.numel(), pieces[0].shape[-1])
+        for rows, piece in zip(order.split(counts), pieces):
+            out.index_copy_(1, rows, piece)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        xs, ws, h, a, b, order, inverse = ctx.saved_tensors
-        rank = b.shape[2]
-        gs = grad.index_select(1, order)  # (3, n, D) in sorted order
-        da, db = a.new_empty(a.shape), b.new_empty(b.shape)
-        dhw, dxs = h.new_empty(h.shape), xs.new_empty(xs.shape)
-        start = 0
-        for m, count in enumerate(ctx.counts):
-            if not count:
-                da[m].zero_()
-                db[m].zero_()
-                continue
-            seg = slice(start, start + count)
-            start += count
-            hw = (h[seg] * ws[seg, None]).view(count, 3, rank).transpose(0, 1)  # (3, c, r), recomputed
-            torch.bmm(hw.transpose(1, 2), gs[:, seg], out=db[m])
-            dhw[seg].view(count, 3, rank).copy_(torch.bmm(gs[:, seg], b[m].transpose(1, 2)).transpose(0, 1))
-            dh = dhw[seg] * ws[seg, None]
-            torch.mm(xs[seg].t(), dh, out=da[m])
-            torch.mm(dh, a[m].t(), out=dxs[seg])
-        dw = (dhw * h).sum(1).mul_(ctx.scaling).index_select(0, inverse)
-        return dxs.index_select(0, inverse), dw, da, db, None, None, None, None
+        (order,) = ctx.saved_tensors
+        return None, None, *grad.index_select(1, order).split(ctx.counts, dim=1)
 
 
 def _one_expert(c: Case) -> Tensor | None:
@@ -239,14 +205,26 @@ def _one_expert(c: Case) -> Tensor | None:
     return expert(c.bank, int(busy[0]), c.x, selected_weight(c)) if busy.numel() == 1 else None
 
 
-def grouped_fn_path(c: Case) -> Tensor:
-    """Variant: ``GroupedLoRA``, the sorted dispatch as one autograd node."""
+def _expert_pieces(c: Case) -> tuple[list[int], Tensor, Tensor, list[Tensor]]:
+    """Tokens sorted by expert (gather backward), factors unbound once, one LoRA per busy segment."""
+    bank = c.bank
+    counts, order, inverse = sort_tokens(c.idx, bank.num_experts)
+    xs, ws = Permute.apply(c.x, 0, order, inverse), selected_weight(c).index_select(0, order)
+    pieces = [lora(xm, wm, a, b, bank.scaling)
+              for a, b, xm, wm, count in zip(bank.lora_A.unbind(0), bank.lora_B.unbind(0), xs.split(counts),
+                                             ws.split(counts), counts)
+              if count]
+    return counts, order, inverse, pieces
+
+
+def sorted_v1_path(c: Case) -> Tensor:
+    """Variant: the core's sorted path before ``_GroupedLoRA``: autograd ops composed per expert (gather of x
+    with a gather backward, factors unbound once, one ``mm`` + ``bmm`` per busy expert, ``Unsort``)."""
     one = _one_expert(c)
     if one is not None:
         return one
-    counts, order, inverse = sort_tokens(c.idx, c.bank.num_experts)
-    return GroupedLoRA.apply(c.x, selected_weight(c), c.bank.lora_A, c.bank.lora_B, order, inverse, counts,
-                             c.bank.scaling)
+    counts, order, inverse, pieces = _expert_pieces(c)
+    return Unsort.apply(order, [count for count in counts if count], *pieces)
 
 
 def attn_order_path(c: Case) -> tuple[Tensor, Tensor]:
@@ -259,13 +237,7 @@ def attn_order_path(c: Case) -> tuple[Tensor, Tensor]:
     one = _one_expert(c)
     if one is not None:
         return one, one[0]
-    bank = c.bank
-    counts, order, inverse = sort_tokens(c.idx, bank.num_experts)
-    xs, ws = Permute.apply(c.x, 0, order, inverse), selected_weight(c).index_select(0, order)
-    pieces = [lora(xm, wm, a, b, bank.scaling)
-              for a, b, xm, wm, count in zip(bank.lora_A.unbind(0), bank.lora_B.unbind(0), xs.split(counts),
-                                             ws.split(counts), counts)
-              if count]
+    counts, order, inverse, pieces = _expert_pieces(c)
     ys = torch.cat(pieces, dim=1)
     return ys, Permute.apply(ys[0], 0, inverse, order)
 
@@ -279,8 +251,8 @@ PATHS: dict[str, Callable[[Case], Output]] = {
     "peft": peft_path,
     "base+sorted": base_sorted_path,
     "sorted-v0": sorted_v0_path,
-    "grouped-fn": grouped_fn_path,
+    "sorted-v1": sorted_v1_path,
     "attn-order": attn_order_path,
 }
-VARIANTS = ("sorted-v0", "grouped-fn", "attn-order")
+VARIANTS = ("sorted-v0", "sorted-v1", "attn-order")
 ROUTING_FREE = ("single", "dense", "peft")  # cost independent of the routing

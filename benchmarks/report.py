@@ -14,9 +14,10 @@ TARGET_TOKENS = (2048, 8192)  # the grid the target is stated on; other N are sh
 INCLUDES = {
     "single": "one plain LoRA on Q/K/V of the same shape: `x @ A (D, 3r)`, scale, `bmm` with B (3, r, D). "
               "The reference of every ratio.",
-    "sorted": "the core, `ExpertBank(dispatch=\"sorted\")`: bincount, stable argsort, gather of x (`_Permute`, "
-              "gather backward), factors unbound once, one `mm` + `bmm` per busy expert, `_Unsort` writing each "
-              "piece to token order with `index_copy_` (backward: one gather).",
+    "sorted": "the core, `ExpertBank(dispatch=\"sorted\")`: bincount, stable argsort, then the whole dispatch "
+              "as one autograd Function (`_GroupedLoRA`): gather of x, one `mm` + `bmm` per busy expert written "
+              "to token order with `index_copy_`; backward: one gather, per-expert `mm`/`bmm` with `out=` into "
+              "one gradient buffer per parameter.",
     "dense": "the core's reference, `ExpertBank(dispatch=\"dense\")`: every expert on every token (M x the work).",
     "loop": "peer: Python loop over experts, boolean mask per expert, `out[:, mask] = ...` into zeros.",
     "grouped_mm": "peer: sorted tokens, `torch.nn.functional.grouped_mm` for A (one call) and B (one per "
@@ -27,9 +28,10 @@ INCLUDES = {
     "sorted-v0": "the core's sorted path before this benchmark (for reference): `lora_A[m]` per expert (M "
                  "zero-filled full-size gradients), `torch.cat`, `index_select` both ways (zero fill + "
                  "`index_add_` in backward).",
-    "grouped-fn": "experimental: the whole sorted dispatch as one autograd Function; per-expert `mm`/`bmm` "
-                  "with `out=` into one gradient buffer per parameter (no per-expert autograd nodes, no "
-                  "`unbind` backward stacking M expert gradients).",
+    "sorted-v1": "the core's sorted path before `_GroupedLoRA` (reports before 2026-11-22 13:40 UTC call it "
+                 "`sorted`, and `_GroupedLoRA` `grouped-fn`): autograd ops per expert, gather of x with a "
+                 "gather backward, factors unbound once (their backward stacks M expert gradients), one `mm` + "
+                 "`bmm` per busy expert, `index_copy_` to token order.",
     "attn-order": "experimental lower bound: the core with its output left in sorted order (`torch.cat`) and one "
                   "(n, D) slice un-permuted, standing in for un-permuting the attention output instead of Q/K/V.",
 }
@@ -153,7 +155,7 @@ def write_report(args: argparse.Namespace, results: dict[str, dict], command: st
     header = ["D", "N", "routing", "single ms", "M=2 ms", "M=8 ms", "M=8 / M=2", "M=8 / single",
               "same, medians", "verdict"]
     for setting, res in results.items():
-        for path in ("sorted", "grouped-fn"):
+        for path in ("sorted", "sorted-v1"):
             if path not in args.paths:
                 continue
             ok, lines = verdict(res["rows"], path)

@@ -22,7 +22,8 @@ def run(folder: str, fsdp: bool, max_steps: int, resume: str | None = None) -> N
     result = train(target, data, cfg, out / folder, resume=resume, validation=[0, 1], report_to=None,
                    progress=False)
     if result.final is not None:  # the main process wrote the final (gathered) weights; every rank reads them
-        save_file(load_file(str(result.final / "rsr_weights.safetensors")), str(out / f"{folder}-rank{rank}.safetensors"))
+        weights = load_file(str(result.final / "rsr_weights.safetensors"))
+        save_file(weights, str(out / f"{folder}-rank{rank}.safetensors"))
 
 
 run("fsdp", True, 4)

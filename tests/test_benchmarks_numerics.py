@@ -14,7 +14,7 @@ from benchmarks.dispatch import grad_outputs, make_index  # noqa: E402
 from benchmarks.paths import PATHS, Case, make_case, trainable  # noqa: E402
 
 DIM, RANK, TOKENS = 24, 4, 37
-ROUTED = ["sorted", "loop", "grouped_mm", "sorted-v0", "grouped-fn"]
+ROUTED = ["sorted", "loop", "grouped_mm", "sorted-v0", "sorted-v1"]
 
 
 def _case(routing: str, num_experts: int) -> Case:
@@ -46,7 +46,7 @@ def test_routed_paths_equal_dense(path: str, routing: str, num_experts: int) -> 
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("path", ["sorted", "sorted-v0", "grouped-fn", "attn-order"])
+@pytest.mark.parametrize("path", ["sorted", "sorted-v0", "sorted-v1", "attn-order"])
 def test_sorted_variants_match_core_gradients(path: str) -> None:
     case = _case("uniform", 4)
     g = torch.randn(3, TOKENS, DIM, generator=torch.Generator().manual_seed(7))

@@ -108,7 +108,6 @@ def _run_training(args: argparse.Namespace, target, data, cfg) -> int:
 
 def _finetune(args: argparse.Namespace) -> int:
     from .train import TrainTarget, load_image_folder, load_pipeline
-
     from .train.sharding import check_launch
 
     cfg = _train_config(args, method=args.method)  # cheap checks first: config, launch, data, then the model

@@ -9,9 +9,9 @@ Two dispatch paths compute the same function:
 * ``sorted`` (default): tokens are sorted by expert once per latent step (stable argsort and
   counts, as Punica / S-LoRA / vLLM do for multi-adapter batches), each expert runs one matmul on
   its contiguous segment for Q, K and V together, and each piece is written straight back to token
-  order. Work is that of one LoRA, whatever M is; both permutations have gather backwards and the
-  factors are unbound once, so the backward allocates no M-fold buffers (measured in
-  ``benchmarks/dispatch.py``).
+  order. Work is that of one LoRA, whatever M is; forward and backward are one autograd node
+  (``_GroupedLoRA``) writing into one buffer per tensor, so no M-fold buffers are allocated
+  (measured in ``benchmarks/dispatch.py``).
 * ``dense``: every expert runs on every token and the outputs are mixed by the routing weights.
   It costs M times as much and is the correctness reference; with the straight-through weights of
   the Gumbel-softmax it also gives the gate the *exact* straight-through gradient (see ``gate.py``).
@@ -27,37 +27,61 @@ from torch import Tensor, nn
 from .config import DISPATCHES
 
 
-class _Permute(torch.autograd.Function):
-    """Rows of ``t`` in the order ``perm``; the backward is a gather with the inverse permutation
-    (``index_select``'s own backward zero-fills a full buffer and scatter-adds into it)."""
+class _GroupedLoRA(torch.autograd.Function):
+    """The sorted dispatch as one autograd node (segment GEMMs in the style of Punica / S-LoRA).
+
+    Forward: gather x into expert order, one ``mm`` per expert into a shared (n, 3r) buffer, one ``bmm`` per
+    expert written straight to token order with ``index_copy_``. Backward: one gather of the output gradient,
+    then per expert ``mm``/``bmm`` with ``out=`` into one gradient buffer per parameter. Compared with composing
+    autograd ops per expert (the previous core, kept as ``sorted-v1`` in ``benchmarks/paths.py``) this has no
+    per-expert autograd nodes and no ``unbind`` backward stacking M expert gradients, which is what kept
+    M=8 within 1.15x of M=2 on short segments (``docs/results/dispatch*.md``).
+    """
 
     @staticmethod
-    def forward(ctx, t: Tensor, perm: Tensor, inverse: Tensor) -> Tensor:
-        ctx.save_for_backward(inverse)
-        return t.index_select(0, perm)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (inverse,) = ctx.saved_tensors
-        return grad.index_select(0, inverse), None, None
-
-
-class _Unsort(torch.autograd.Function):
-    """Write each expert's (3, n_m, D) piece straight to token order (no ``torch.cat``); backward is one gather."""
-
-    @staticmethod
-    def forward(ctx, order: Tensor, counts: list[int], *pieces: Tensor) -> Tensor:
-        ctx.save_for_backward(order)
-        ctx.counts = counts
-        out = pieces[0].new_empty(3, order.numel(), pieces[0].shape[-1])
-        for rows, piece in zip(order.split(counts), pieces):
-            out.index_copy_(1, rows, piece)
+    def forward(ctx, x: Tensor, w: Tensor, a: Tensor, b: Tensor, order: Tensor, inverse: Tensor,
+                counts: list[int], scaling: float) -> Tensor:
+        # x (n, D), w (n,) selected routing weight, a (M, D, 3r), b (M, 3, r, D_out), all one dtype
+        n, rank = x.shape[0], b.shape[2]
+        with torch.autocast(x.device.type, enabled=False):  # out= matmuls: dtypes are fixed by the caller
+            xs, ws = x.index_select(0, order), w.index_select(0, order) * scaling
+            h, out = x.new_empty(n, a.shape[2]), x.new_empty(3, n, b.shape[3])
+            start = 0
+            for m, count in enumerate(counts):
+                if count:
+                    seg = slice(start, start + count)
+                    torch.mm(xs[seg], a[m], out=h[seg])  # (n_m, 3r)
+                    hw = (h[seg] * ws[seg, None]).view(count, 3, rank).transpose(0, 1)  # (3, n_m, r)
+                    out.index_copy_(1, order[seg], torch.bmm(hw, b[m]))  # (3, n_m, D_out) to token order
+                    start += count
+        ctx.save_for_backward(xs, ws, h, a, b, order, inverse)
+        ctx.counts, ctx.scaling = counts, scaling
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (order,) = ctx.saved_tensors
-        return None, None, *grad.index_select(1, order).split(ctx.counts, dim=1)
+        xs, ws, h, a, b, order, inverse = ctx.saved_tensors
+        rank = b.shape[2]
+        with torch.autocast(grad.device.type, enabled=False):
+            gs = grad.to(h.dtype).index_select(1, order)  # (3, n, D_out) in expert order
+            da, db = a.new_empty(a.shape), b.new_empty(b.shape)
+            dhw, dxs = h.new_empty(h.shape), xs.new_empty(xs.shape)
+            start = 0
+            for m, count in enumerate(ctx.counts):
+                if not count:  # an idle expert gets a zero gradient (one tensor per bank, as DDP expects)
+                    da[m].zero_()
+                    db[m].zero_()
+                    continue
+                seg = slice(start, start + count)
+                start += count
+                hw = (h[seg] * ws[seg, None]).view(count, 3, rank).transpose(0, 1)  # (3, n_m, r), recomputed
+                torch.bmm(hw.transpose(1, 2), gs[:, seg], out=db[m])
+                dhw[seg].view(count, 3, rank).copy_(torch.bmm(gs[:, seg], b[m].transpose(1, 2)).transpose(0, 1))
+                dh = dhw[seg] * ws[seg, None]
+                torch.mm(xs[seg].t(), dh, out=da[m])
+                torch.mm(dh, a[m].t(), out=dxs[seg])
+            dw = (dhw * h).sum(1).mul_(ctx.scaling).index_select(0, inverse)  # d out / d w: the gate's gradient
+        return dxs.index_select(0, inverse), dw, da, db, None, None, None, None
 
 
 class ExpertBank(nn.Module):
@@ -130,12 +154,9 @@ class ExpertBank(nn.Module):
         order = torch.argsort(idx, stable=True)  # one sort, shared by Q, K and V
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
-        xs, ws = _Permute.apply(x, order, inverse), w.index_select(0, order)
-        # unbind once: indexing a parameter per expert would build M zero-filled full-size gradients
-        a_all, b_all = self.lora_A.unbind(0), self.lora_B.unbind(0)
-        pieces = [self._segment(a_all[m], b_all[m], xm, wm)
-                  for m, xm, wm in zip(range(self.num_experts), xs.split(counts), ws.split(counts)) if counts[m]]
-        return _Unsort.apply(order, [counts[m] for m in busy], *pieces)  # (3, n, D_out) in token order
+        # the factors in the compute dtype (a no-op in fp32; the cast's backward returns fp32 gradients)
+        a, b = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)
+        return _GroupedLoRA.apply(x, w.to(x.dtype), a, b, order, inverse, counts, self.scaling)  # (3, n, D_out)
 
     def _dense(self, x: Tensor, w: Tensor) -> Tensor:
         h = torch.einsum("nd,mdk->mnk", x, self.lora_A.to(x.dtype))  # (M, n, 3r): every expert on every token

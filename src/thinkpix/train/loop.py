@@ -2,8 +2,9 @@
 
 It follows diffusers' LoRA training scripts (``train_dreambooth_lora_sd3.py``): accelerate for
 devices, DDP with unused-parameter detection (hard routing leaves experts idle in a step) or
-FSDP2 sharding of the blocks (``TrainConfig.fsdp``, see ``sharding.py``), gradient accumulation and mixed precision, trainable parameters kept in fp32, TensorBoard logging,
-periodic checkpoints and ``--resume latest``.
+FSDP2 sharding of the blocks (``TrainConfig.fsdp``, see ``sharding.py``), gradient accumulation
+and mixed precision, trainable parameters kept in fp32, TensorBoard logging, periodic checkpoints
+and ``--resume latest``.
 
 Determinism: every random choice of micro-step k on process r (data order, noise, timesteps, Gumbel
 noise, label dropout) is seeded from (seed, k, r), so a resumed run continues exactly where an

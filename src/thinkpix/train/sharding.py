@@ -28,7 +28,6 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-
 SINGLE_PROCESS = ("TrainConfig.fsdp=True needs a multi-process run: start it with "
                   "`accelerate launch --num_processes N ...` (or torchrun)")
 
