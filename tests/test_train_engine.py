@@ -98,6 +98,24 @@ def test_two_processes_keep_identical_weights(dit_setup, tmp_path):
     assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [3]
 
 
+def test_two_process_pretraining_keeps_the_text_encoder_identical(tmp_path):
+    """The Shapes text encoder trains outside the DDP-wrapped transformer: its gradients are averaged too."""
+    from thinkpix.shapes import ShapesTextToImagePipeline
+    from thinkpix.shapes.dataset import make_dataset
+
+    data = make_dataset(tmp_path / "data", n=8, seed=0, variant="caption", split="train")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(Path(__file__).parent / "ddp_worker.py"), "no-pipeline", str(data), str(tmp_path), "pretrain"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (load_file(str(tmp_path / f"text-encoder-rank{r}.safetensors")) for r in (0, 1))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    scratch = ShapesTextToImagePipeline.from_scratch("mmdit-s", seed=0, width=32, head_dim=16, num_layers=2)
+    assert any(not torch.equal(p, rank0[k]) for k, p in scratch.text_encoder.state_dict().items())  # it trained
+
+
 def test_fsdp_matches_ddp_and_resumes_bit_identically(dit_setup, tmp_path):
     """FSDP2 over 2 gloo processes (train/sharding.py) on a real DiT, whose block 0 embedding is read outside
     its forward: trains, checkpoints full-size safetensors, resumes exactly, and equals DDP up to rounding."""

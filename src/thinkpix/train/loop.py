@@ -185,6 +185,8 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
                     raise TrainingDiverged(f"loss became {loss.item()} at step {step}: training stopped; "
                                            f"last good checkpoint: {last or 'none yet'}")
                 accelerator.backward(loss + balance)
+                if accelerator.sync_gradients and world > 1 and target.train_text_encoder:
+                    _average_outside_ddp(accelerator, named)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
@@ -225,6 +227,14 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
         tracker.finish()                   # caller may train again or sample sharded in the same processes
     result.step = step
     return result
+
+
+def _average_outside_ddp(accelerator: Accelerator, named: dict[str, torch.nn.Parameter]) -> None:
+    """Average the text encoder's gradients over processes: it runs outside the DDP-wrapped transformer
+    (the pipeline encodes prompts with it), so DDP's hooks never see its parameters."""
+    for name, p in named.items():
+        if name.startswith("text_encoder.") and p.grad is not None:
+            p.grad = accelerator.reduce(p.grad, reduction="mean")
 
 
 def _validate(target: TrainTarget, validation: list, out_dir: Path, step: int, accelerator, write: bool) -> None:
