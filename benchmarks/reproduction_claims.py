@@ -93,8 +93,19 @@ def claims_section(t2i: dict, dpg: dict, cls: dict) -> list[str]:
     results = [(claim, *check(claim, rows, 1.0 if claim.table == "class" else 100.0)) for claim in CLAIMS]
     counts = {v: sum(r[1].startswith(v) for r in results) for v in ("supported", "contradicted", "not resolved",
                                                                      "not run")}
+    run = [(c, d) for c, v, d in results if v != "not run"]
+    paper_way = sum((float(d.split()[0]) < 0) == c.lower for c, d in run)
     lines += [f"In short: of {len(results)} claims, {counts['supported']} supported, {counts['contradicted']} "
-              f"contradicted, {counts['not resolved']} not resolved at this budget, {counts['not run']} not run.", "",
+              f"contradicted, {counts['not resolved']} not resolved at this budget, {counts['not run']} not run; "
+              f"the mean difference points the paper's way in {paper_way} of the {len(run)} that ran.", "",
               "| claim | metric | difference | verdict |", "| --- | --- | ---: | --- |"]
     lines += [f"| {claim.text} | {claim.metric} | {diff} | {verdict} |" for claim, verdict, diff in results]
+    images = sorted({r["geneval"]["images"] for rs in t2i.values() for r in rs})
+    if images:
+        lines += ["", f"Why nothing resolves: each GenEval seed scores {images[0]} images (every held-out prompt, 2 "
+                  "samples), so a category with a handful of prompts moves by several points per image, and "
+                  "with 3 seeds the 95% interval spans 4.3 standard errors on each side (Student's t, 2 degrees "
+                  "of freedom). Effects of 1-3 points, the size the paper reports, would need many more seeds "
+                  "or samples per prompt than the 2-hour budget allows; the bases are also weak (see "
+                  "`shapes_bases.md`), which leaves fine-tuning little to build on."]
     return lines + [""]
