@@ -102,7 +102,8 @@ def claims_section(t2i: dict, dpg: dict, cls: dict) -> list[str]:
     lines += [f"| {claim.text} | {claim.metric} | {diff} | {verdict} |" for claim, verdict, diff in results]
     images = sorted({r["geneval"]["images"] for rs in t2i.values() for r in rs})
     if images:
-        lines += ["", f"Why the intervals are wide: each GenEval seed scores {images[0]} images, so a category with a handful of prompts moves by several points per image, and "
+        lines += ["", f"Why the intervals are wide: each GenEval seed scores {images[0]} images, so a category "
+                  "with a handful of prompts moves by several points per image, and "
                   "with 3 seeds the 95% interval spans 4.3 standard errors on each side (Student's t, 2 degrees "
                   "of freedom). Effects of 1-3 points, the size the paper reports, would need many more seeds "
                   "or samples per prompt than the 2-hour budget allows; the bases are also weak (see "
