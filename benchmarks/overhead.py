@@ -289,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
         results[kind] = dict(times=measure_times(kind, args), memory=memory)
     facts = machine_facts([args.threads]) + [f"- allocator: glibc `{allocator_name()}` (see dispatch.md)",
                                              f"- clock: {CLOCK_NOTE[resolve_clock(args.clock, args.threads)]}"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(results))  # the raw numbers, kept even if a report fails
     write_report(args, results, command_line(), facts, HOSTS, VARIANTS, RANK)
     print(f"[overhead] wrote {args.out}", flush=True)
 

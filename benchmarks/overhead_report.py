@@ -63,8 +63,9 @@ def host_section(kind: str, res: dict, hosts: dict, variants: list, rank: int, b
     md = [f"## {cls.__name__} ({kind})", "",
           f"- N = {n} vision tokens (latent {side}x{side}, patch {config['patch_size']}), D = {dim}, "
           f"{config['num_layers']} blocks, text tokens = {text}, batch {batch}, rank {rank}",
-          f"- base forward: {macs / 1e9:.1f} G multiply-adds per sample; measured {base_fwd:.0f} ms, i.e. "
-          f"{2 * macs * batch / (base_fwd * 1e-3) / 1e9:.0f} GFLOP/s", ""]
+          f"- base forward: {macs / 1e9:.1f} G multiply-adds per sample; " + (
+              "not timed in this run" if base_fwd is None else
+              f"measured {base_fwd:.0f} ms, i.e. {2 * macs * batch / (base_fwd * 1e-3) / 1e9:.0f} GFLOP/s"), ""]
     lines, numbers, ratios = [], {}, times["_ratios"]
     for v in variants:
         fwd, train = _min_ms(times[v.name]["forward"]), _min_ms(times[v.name]["train"])
