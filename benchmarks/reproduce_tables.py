@@ -120,7 +120,7 @@ def _cost(results: list[dict]) -> str:
 
 
 def write_report(out: Path, budget: Budget, mode: str, t2i: dict, dpg: dict, cls: dict, seeds: list[int],
-                 command: str) -> None:
+                 command: str, rows_dir: Path) -> None:
     geneval_cols = ["overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"]
     lines = ["# The paper's tables on the Shapes world", "",
              f"Produced by `{command}` ({mode} budget: {budget}). Seeds {seeds}; each cell is the mean over "
@@ -158,7 +158,7 @@ def write_report(out: Path, budget: Budget, mode: str, t2i: dict, dpg: dict, cls
         lines.append("")
     lines += claims_section(t2i, dpg, cls)
     lines += ["## Rerunning one row", "",
-              "Finished rows are cached per seed under `docs/results/reproduction_rows/full/<table>-<base "
+              f"Finished rows are cached per seed under `{rows_dir}/<table>-<base "
               "fingerprint>-<budget>/<row>/seed<k>.json` and skipped on a rerun; delete a row's folder to "
               "recompute it. One row alone (its report goes to `--out`, so this report is left as it is):", "",
               "| row | method and fields | command |", "| --- | --- | --- |"]
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks.reproduce_tables" + (" --quick" if args.quick else "")
     if args.report_only:
         command += " --report-only  # a partial report: the full run had not finished every row"
-    write_report(out, budget, mode, t2i, dpg, cls, args.seeds, command)
+    write_report(out, budget, mode, t2i, dpg, cls, args.seeds, command, rows_dir)
     print(f"wrote {out}")
     return 0
 
