@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,16 +53,22 @@ def run(pipe_dir, data_dir, out, resume=None, **overrides):
     return result, rsr_state_dict(target.transformer)
 
 
-def test_resume_gives_bit_identical_weights(dit_setup, tmp_path):
+@pytest.mark.parametrize("schedule", [{}, {"lr_scheduler": "cosine", "lr_warmup_steps": 2}],
+                         ids=["constant", "cosine-warmup"])
+def test_resume_gives_bit_identical_weights(dit_setup, tmp_path, schedule):
     pipe_dir, data_dir = dit_setup
-    full, full_weights = run(pipe_dir, data_dir, tmp_path / "full")
-    run(pipe_dir, data_dir, tmp_path / "split", max_steps=3)  # "killed" right after its step-3 checkpoint
-    resumed, resumed_weights = run(pipe_dir, data_dir, tmp_path / "split", resume="latest")
+    full, full_weights = run(pipe_dir, data_dir, tmp_path / "full", **schedule)
+    # "killed" right after its step-3 checkpoint: what is left is checkpoint-3 of the same 6-step run
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "checkpoint-3", tmp_path / "split" / "checkpoints" / "checkpoint-3")
+    resumed, resumed_weights = run(pipe_dir, data_dir, tmp_path / "split", resume="latest", **schedule)
     assert resumed.step == full.step == 6
     assert resumed.losses == full.losses[3:]
     for key, value in full_weights.items():
         assert torch.equal(value, resumed_weights[key]), key
     assert [s for s, _ in list_checkpoints(tmp_path / "full" / "checkpoints")] == [3, 6]
+    if schedule:  # the schedule was applied: the weights differ from the constant-rate run's
+        _, constant_weights = run(pipe_dir, data_dir, tmp_path / "constant")
+        assert any(not torch.equal(v, constant_weights[k]) for k, v in full_weights.items())
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dit_setup, tmp_path, monkeypatch):
@@ -187,3 +194,22 @@ def test_bad_inputs_give_one_clear_error_line(dit_setup, tmp_path, capsys):
 def test_fsdp_with_full_training_is_refused_by_name():
     with pytest.raises(ValueError, match=r"TrainConfig.fsdp=True.*allowed.*method 'full'"):
         TrainConfig(method="full", fsdp=True)
+
+
+def test_learning_rate_schedules_follow_diffusers_and_warmup_stable_decay():
+    cosine = TrainConfig(learning_rate=1.0, max_steps=10, lr_scheduler="cosine", lr_warmup_steps=2)
+    assert [cosine.lr_at(s) for s in (0, 1)] == [0.5, 1.0]
+    assert cosine.lr_at(6) == pytest.approx(0.5) and cosine.lr_at(10) == pytest.approx(0.0)
+    wsd = TrainConfig(learning_rate=2.0, max_steps=10, lr_scheduler="linear", lr_decay_steps=4)
+    assert [wsd.lr_at(s) for s in (0, 5, 6, 8, 10)] == [2.0, 2.0, 2.0, 1.0, 0.0]
+    assert TrainConfig(learning_rate=3.0, max_steps=10).lr_at(9) == 3.0
+
+
+@pytest.mark.parametrize(("fields", "pattern"), [
+    ({"lr_scheduler": "step"}, r"TrainConfig.lr_scheduler='step'.*'constant' or 'linear' or 'cosine'"),
+    ({"lr_decay_steps": 5}, r"TrainConfig.lr_decay_steps=5.*'linear' or 'cosine'"),
+    ({"lr_warmup_steps": -1}, r"TrainConfig.lr_warmup_steps=-1.*integer >= 0"),
+])
+def test_bad_learning_rate_schedules_are_refused_by_name(fields, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        TrainConfig(**fields)

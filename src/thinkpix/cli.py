@@ -17,7 +17,8 @@ from pathlib import Path
 from . import __version__
 
 TRAIN_FIELDS = ("num_experts", "latent_steps", "rank", "gumbel_tau", "routing", "gate_input", "balance_loss_weight",
-                "halting", "halt_threshold", "ponder_weight", "learning_rate", "batch_size",
+                "halting", "halt_threshold", "ponder_weight", "learning_rate", "lr_scheduler",
+                "lr_warmup_steps", "lr_decay_steps", "batch_size",
                 "gradient_accumulation_steps", "max_steps", "mixed_precision", "ema_decay", "checkpointing_steps",
                 "checkpoints_total_limit", "validation_steps", "seed")
 
@@ -54,6 +55,11 @@ def _add_train_options(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--halt-threshold", type=float, help="halting criterion threshold (default: the criterion's)")
     p.add_argument("--ponder-weight", type=float, help="weight of the learned halting head's ponder cost")
     p.add_argument("--learning-rate", type=float)
+    p.add_argument("--lr-scheduler", choices=("constant", "linear", "cosine"),
+                   help="decay to 0 at --max-steps after --lr-warmup-steps (default constant)")
+    p.add_argument("--lr-warmup-steps", type=int)
+    p.add_argument("--lr-decay-steps", type=int,
+                   help="decay only over the last N steps (warmup-stable-decay; e.g. a cool-down of a resumed run)")
     p.add_argument("--batch-size", type=int, help="global batch per optimizer step (all processes)")
     p.add_argument("--gradient-accumulation-steps", type=int)
     p.add_argument("--max-steps", "--max-train-steps", dest="max_steps", type=int)

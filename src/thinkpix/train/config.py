@@ -17,6 +17,7 @@ from ..core.config import HALTINGS, check_fields
 METHODS = ("rsr", "sft", "full")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 LAYER_CHOICES = ("middle", "three")
+LR_SCHEDULERS = ("constant", "linear", "cosine")
 
 
 @dataclass
@@ -27,6 +28,9 @@ class TrainConfig:
     or ``"full"`` (every transformer parameter; used to pretrain the Shapes bases).
     ``condition_dropout``: share of captions replaced by the empty prompt, so that classifier-free
     guidance has an unconditional model (class models drop labels inside DiT's label embedding).
+    ``lr_scheduler``: ``"constant"``, ``"linear"`` or ``"cosine"`` decay to zero after
+    ``lr_warmup_steps`` of linear warm-up, as diffusers' ``get_scheduler``; with ``lr_decay_steps`` the
+    decay covers only the last that many steps (warmup-stable-decay, see :meth:`lr_at`).
     ``layers``: block indices, or ``"middle"`` (L // 2, the paper's layer 12 of 24) or ``"three"``
     (L/6, L/3, L/2 rounded, the paper's 4, 8, 12 of 24).
     """
@@ -44,6 +48,9 @@ class TrainConfig:
     halt_threshold: float | None = None
     ponder_weight: float = 0.01
     learning_rate: float = 5e-4
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    lr_decay_steps: int | None = None  # None: decay from the end of warm-up (diffusers' linear/cosine)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     weight_decay: float = 0.0
@@ -66,6 +73,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             _fail("method", self.method, METHODS)
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            _fail("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        if isinstance(self.lr_warmup_steps, bool) or not isinstance(self.lr_warmup_steps, int) or (
+                self.lr_warmup_steps < 0):
+            _fail("lr_warmup_steps", self.lr_warmup_steps, "an integer >= 0")
+        if self.lr_decay_steps is not None and (self.lr_scheduler == "constant" or isinstance(
+                self.lr_decay_steps, bool) or not isinstance(self.lr_decay_steps, int) or self.lr_decay_steps < 1):
+            _fail("lr_decay_steps", self.lr_decay_steps, "None, or an integer >= 1 with lr_scheduler 'linear' or "
+                  "'cosine'")
         if self.mixed_precision not in MIXED_PRECISIONS:
             _fail("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
         if isinstance(self.layers, list):
@@ -100,6 +116,26 @@ class TrainConfig:
                   "pretraining the small Shapes bases runs with DDP)")
         if self.method == "sft":
             self.num_experts, self.latent_steps = 1, 1
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimizer step ``step`` (0-based). A pure function of the step, so a resumed
+        run follows the same schedule with nothing extra in the checkpoint.
+
+        Warm-up is linear from 0 over ``lr_warmup_steps``; linear/cosine then decay to 0 at ``max_steps``
+        (diffusers.optimization's ``get_linear_schedule_with_warmup`` / ``get_cosine_schedule_with_warmup``).
+        With ``lr_decay_steps`` the rate stays constant until ``max_steps - lr_decay_steps`` and decays
+        over the rest: the warmup-stable-decay schedule (Hu et al. 2024, MiniCPM, Sec. 4.1), which lets a
+        constant-rate run be resumed for a short cool-down.
+        """
+        if step < self.lr_warmup_steps:
+            return self.learning_rate * (step + 1) / self.lr_warmup_steps
+        if self.lr_scheduler == "constant":
+            return self.learning_rate
+        start = self.lr_warmup_steps if self.lr_decay_steps is None else self.max_steps - self.lr_decay_steps
+        progress = min(1.0, max(0.0, (step - start) / max(1, self.max_steps - start)))
+        if self.lr_scheduler == "linear":
+            return self.learning_rate * (1.0 - progress)
+        return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def block_indices(self, num_blocks: int) -> tuple[int, ...]:
         """Resolve ``layers`` for a transformer with ``num_blocks`` blocks."""

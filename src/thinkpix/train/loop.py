@@ -135,8 +135,6 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
     if resume_from is not None:
         step, tensors, ema_tensors = load_checkpoint(resume_from, optimizer)
         shard_optimizer_state(optimizer)
-        for group in optimizer.param_groups:  # the run's learning rate wins over the one saved (same on a plain resume)
-            group["lr"] = cfg.learning_rate
         missing = sorted(set(named) - set(tensors))
         if missing:
             raise ValueError(f"checkpoint {resume_from} does not match this run: no weights for {missing[:4]}")
@@ -151,6 +149,9 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
                desc=f"train {cfg.method}", unit="step")
     started = time.perf_counter()
     while step < cfg.max_steps:
+        lr = cfg.lr_at(step)  # the run's schedule wins over any rate saved with the optimizer state
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         for micro in range(cfg.gradient_accumulation_steps):
             k = step * cfg.gradient_accumulation_steps + micro
             seed = _micro_seed(cfg.seed, k, rank)
@@ -195,7 +196,7 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
         if ema is not None:
             ema.step(params)
         result.losses.append(loss.item())
-        logs = {"train/loss": loss.item(), "train/balance_loss": balance.item()}
+        logs = {"train/loss": loss.item(), "train/balance_loss": balance.item(), "train/lr": lr}
         if cfg.method != "full":
             logs.update(_routing_scalars(target))
         if report_to:
