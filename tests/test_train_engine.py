@@ -59,7 +59,8 @@ def test_resume_gives_bit_identical_weights(dit_setup, tmp_path, schedule):
     pipe_dir, data_dir = dit_setup
     full, full_weights = run(pipe_dir, data_dir, tmp_path / "full", **schedule)
     # "killed" right after its step-3 checkpoint: what is left is checkpoint-3 of the same 6-step run
-    shutil.copytree(tmp_path / "full" / "checkpoints" / "checkpoint-3", tmp_path / "split" / "checkpoints" / "checkpoint-3")
+    ckpt = "checkpoints/checkpoint-3"
+    shutil.copytree(tmp_path / "full" / ckpt, tmp_path / "split" / ckpt)
     resumed, resumed_weights = run(pipe_dir, data_dir, tmp_path / "split", resume="latest", **schedule)
     assert resumed.step == full.step == 6
     assert resumed.losses == full.losses[3:]
