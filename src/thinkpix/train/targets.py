@@ -31,6 +31,13 @@ def _pipeline_class(name: str):
     return getattr(diffusers, name)
 
 
+def _dtype_kwarg(dtype: torch.dtype) -> dict:
+    """``dtype=`` where diffusers takes it (it deprecates ``torch_dtype``), ``torch_dtype=`` before that."""
+    from diffusers.pipelines import pipeline_utils
+
+    return {"dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype": dtype}
+
+
 def load_pipeline(name_or_path: str | Path, torch_dtype: torch.dtype = torch.float32):
     """Load a supported pipeline from a shipped name (``shapes-t2i``, ``shapes-class``), a folder, or a hub id."""
     path = SHIPPED.get(str(name_or_path), Path(name_or_path))
@@ -49,11 +56,11 @@ def load_pipeline(name_or_path: str | Path, torch_dtype: torch.dtype = torch.flo
         if name not in TEXT_PIPELINES + CLASS_PIPELINES:
             raise ValueError(f"{path} is a {name}; thinkpix trains {supported}")
         absent = {k: None for k, v in spec.items() if isinstance(v, list) and v == [None, None]}  # saved as None
-        return _pipeline_class(name).from_pretrained(path, torch_dtype=torch_dtype, **absent)
+        return _pipeline_class(name).from_pretrained(path, **_dtype_kwarg(torch_dtype), **absent)
     if str(name_or_path).count("/") == 1 and not Path(name_or_path).exists():  # a hub id (needs the network)
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(str(name_or_path), torch_dtype=torch_dtype)
+        pipe = DiffusionPipeline.from_pretrained(str(name_or_path), **_dtype_kwarg(torch_dtype))
         if type(pipe).__name__ not in TEXT_PIPELINES + CLASS_PIPELINES:
             raise ValueError(f"{name_or_path} is a {type(pipe).__name__}; thinkpix trains {supported}")
         return pipe
