@@ -76,3 +76,27 @@ def test_single_lora_and_peft_are_plain_lora() -> None:
         torch.testing.assert_close(out, want_base + lora, rtol=1e-5, atol=1e-5)
     for got, base_p, delta in zip(PATHS["base+sorted"](case), base, PATHS["sorted"](case)):
         torch.testing.assert_close(got, base_p + delta)
+
+
+def test_training_log_reads_resumed_runs_and_the_latest_launch_wins(tmp_path):
+    import time
+
+    from benchmarks.training_log import read_scalars, windowed_means
+    from torch.utils.tensorboard import SummaryWriter
+
+    first = SummaryWriter(str(tmp_path / "run" / "a"))
+    for step in range(1, 7):  # killed after step 6; its last checkpoint was step 4
+        first.add_scalar("train/loss", 1.0, step)
+    first.close()
+    time.sleep(1.1)  # event files are ordered by the write time in their names (whole seconds)
+    second = SummaryWriter(str(tmp_path / "run" / "b"))
+    for step in range(5, 9):
+        second.add_scalar("train/loss", 2.0, step)
+        second.add_scalar("train/lr", 0.1 * step, step)
+    second.close()
+    scalars = read_scalars(tmp_path / "run")
+    assert scalars["train/loss"] == {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0, 5: 2.0, 6: 2.0, 7: 2.0, 8: 2.0}
+    assert scalars["train/lr"][8] == pytest.approx(0.8)
+    assert windowed_means(scalars["train/loss"], [0, 4, 6, 8], window=4) == [None, 1.0, 1.5, 2.0]
+    with pytest.raises(FileNotFoundError, match="no TensorBoard event files"):
+        read_scalars(tmp_path / "empty")
