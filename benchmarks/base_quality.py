@@ -1,7 +1,9 @@
 """How good are the shipped Shapes bases? The numbers in ``docs/results/shapes_bases.md``.
 
 * ``shapes-t2i``: Shapes-GenEval on the training compositions (what the base was taught: single objects
-  and colours should be good) and on the held-out compositions (what fine-tuning is measured on).
+  and colours should be good) and on the held-out compositions (what fine-tuning is measured on), plus
+  the two tags the issue's bar names, ``single_object`` and ``colors``, with ``--focus-samples`` images per
+  prompt (GenEval's split has only 4 and 20 such prompts) and a 95% Wilson interval.
 * ``shapes-class``: for every class it was trained on, the share of samples in which the detector finds
   exactly that coloured shape (GenEval's ``colors`` rule), the share the ``shapes`` extractor classifies
   as that class, and FID / precision / recall against real renders with the ``shapes`` extractor.
@@ -39,6 +41,31 @@ def t2i_scores(model: str, work: Path, samples: dict[str, int], steps: int) -> d
     return result
 
 
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial rate (Wilson 1927): sound at rates near 0 or 1 and small n."""
+    p = successes / n
+    centre, half = p + z * z / (2 * n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, float((centre - half) / (1 + z * z / n))), min(1.0, float((centre + half) / (1 + z * z / n)))
+
+
+def focus_scores(model: str, work: Path, samples: int, steps: int) -> dict:
+    """``single_object`` and ``colors`` prompts of both splits (held-out colours are unseen colour-shape pairs)."""
+    target = load_target(model)
+    train, held_out = training_metadata(), evaluation_metadata()
+    groups = {"single_object": ("single", [r for r in train if r["tag"] == "single_object"]),
+              "colors (training pairs)": ("colors-train", [r for r in train if r["tag"] == "colors"]),
+              "colors (held-out pairs)": ("colors-held-out", [r for r in held_out if r["tag"] == "colors"])}
+    result = {}
+    for name, (folder_name, records) in groups.items():
+        folder = generate_geneval(target, records, work / folder_name, samples=samples, steps=steps, seed=1000,
+                                  progress=False)
+        _, images = score_geneval_folder(folder)
+        correct = sum(r.correct for r in images)
+        result[name] = {"accuracy": correct / len(images), "ci95": wilson(correct, len(images)),
+                        "images": len(images), "prompts": len(records)}
+    return result
+
+
 def class_scores(model: str, work: Path, per_class: int, steps: int) -> dict:
     target = load_target(model)
     reference = make_dataset(work / "reference", n=per_class * 20, seed=12345, variant="class", split="train")
@@ -66,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--class-model", default="shapes-class")
     parser.add_argument("--samples", type=int, default=4, help="GenEval images per held-out prompt")
     parser.add_argument("--train-samples", type=int, default=1, help="images per training prompt (342 prompts)")
+    parser.add_argument("--focus-samples", type=int, default=16,
+                        help="images per single-object / colours prompt for the focused measurement")
     parser.add_argument("--per-class", type=int, default=25)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--work", default="runs/base_quality")
@@ -76,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     samples = {"train": args.train_samples, "eval": args.samples}
     out = {"t2i": t2i_scores(args.t2i, Path(args.work) / "t2i", samples, args.steps)} if args.t2i != "none" else {}
+    if args.t2i != "none":
+        out["t2i_focus"] = focus_scores(args.t2i, Path(args.work) / "t2i-focus", args.focus_samples, args.steps)
     if args.class_model != "none":
         out["class"] = class_scores(args.class_model, Path(args.work) / "class", args.per_class, args.steps)
     out["seconds"] = time.perf_counter() - started

@@ -100,3 +100,12 @@ def test_training_log_reads_resumed_runs_and_the_latest_launch_wins(tmp_path):
     assert windowed_means(scalars["train/loss"], [0, 4, 6, 8], window=4) == [None, 1.0, 1.5, 2.0]
     with pytest.raises(FileNotFoundError, match="no TensorBoard event files"):
         read_scalars(tmp_path / "empty")
+
+
+def test_wilson_interval_matches_the_textbook_values():
+    from benchmarks.base_quality import wilson
+
+    assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)  # (p + z²/2n ± z sqrt(...)) / (1 + z²/n)
+    low, high = wilson(0, 20)
+    assert low == 0.0 and high == pytest.approx(0.1611, abs=1e-4)
+    assert wilson(20, 20)[1] == pytest.approx(1.0)
