@@ -209,6 +209,8 @@ def test_learning_rate_schedules_follow_diffusers_and_warmup_stable_decay():
 @pytest.mark.parametrize(("fields", "pattern"), [
     ({"lr_scheduler": "step"}, r"TrainConfig.lr_scheduler='step'.*'constant' or 'linear' or 'cosine'"),
     ({"lr_decay_steps": 5}, r"TrainConfig.lr_decay_steps=5.*'linear' or 'cosine'"),
+    ({"lr_scheduler": "linear", "lr_decay_steps": 9, "lr_warmup_steps": 2, "max_steps": 10},
+     r"TrainConfig.lr_decay_steps=9.*at most max_steps - lr_warmup_steps = 8"),
     ({"lr_warmup_steps": -1}, r"TrainConfig.lr_warmup_steps=-1.*integer >= 0"),
 ])
 def test_bad_learning_rate_schedules_are_refused_by_name(fields, pattern):

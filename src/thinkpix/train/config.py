@@ -82,6 +82,9 @@ class TrainConfig:
                 self.lr_decay_steps, bool) or not isinstance(self.lr_decay_steps, int) or self.lr_decay_steps < 1):
             _fail("lr_decay_steps", self.lr_decay_steps, "None, or an integer >= 1 with lr_scheduler 'linear' or "
                   "'cosine'")
+        if self.lr_decay_steps is not None and self.lr_decay_steps > self.max_steps - self.lr_warmup_steps:
+            _fail("lr_decay_steps", self.lr_decay_steps, f"at most max_steps - lr_warmup_steps = "
+                  f"{self.max_steps - self.lr_warmup_steps} (the decay starts after the warm-up)")
         if self.mixed_precision not in MIXED_PRECISIONS:
             _fail("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
         if isinstance(self.layers, list):
