@@ -1,6 +1,8 @@
 """The training log of a run, from its TensorBoard event files: the loss tables of ``docs/results/shapes_bases.md``.
 
     python -m benchmarks.training_log runs/pretrain/t2i --steps 100 1000 2000 3000 4000 5000 5750 6500 7000
+    python -m benchmarks.training_log runs/demo/finetune --steps 1 10 20 300 --window 1 \
+        --tags routing/layer4/expert0_usage routing/layer4/gate_entropy
 
 A resumed run writes one event file per launch; where launches overlap (a run killed after its last
 checkpoint repeats the steps since), the latest launch wins, which is the history of the shipped weights.
@@ -57,12 +59,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--steps", type=int, nargs="+", required=True)
     parser.add_argument("--window", type=int, default=25)
+    parser.add_argument("--tags", nargs="+", default=None,
+                        help="scalars to tabulate, windowed like the loss (default: train/loss and train/lr)")
     parser.add_argument("--json", default=None, help="also write the table's numbers to this file")
     args = parser.parse_args(argv)
-    scalars = read_scalars(args.run_dir)
-    rows = {"loss": windowed_means(scalars["train/loss"], args.steps, args.window)}
-    if scalars["train/lr"]:  # runs from before the schedules existed logged no rate
-        rows["learning rate"] = [scalars["train/lr"].get(s) for s in args.steps]
+    if args.tags:
+        scalars = read_scalars(args.run_dir, tuple(args.tags))
+        missing = [tag for tag in args.tags if not scalars[tag]]
+        if missing:
+            parser.error(f"no values logged for {missing} under {args.run_dir}")
+        rows = {tag: windowed_means(scalars[tag], args.steps, args.window) for tag in args.tags}
+    else:
+        scalars = read_scalars(args.run_dir)
+        rows = {"loss": windowed_means(scalars["train/loss"], args.steps, args.window)}
+        if scalars["train/lr"]:  # runs from before the schedules existed logged no rate
+            rows["learning rate"] = [scalars["train/lr"].get(s) for s in args.steps]
     print(markdown(args.steps, rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"steps": args.steps, "window": args.window, **rows}, indent=2) + "\n")
