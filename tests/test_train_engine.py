@@ -156,11 +156,14 @@ def test_finetune_cli_end_to_end_on_saved_diffusers_pipelines(tmp_path, kind, ca
     out = tmp_path / "run"
     code = main(["finetune", "--pretrained-model-name-or-path", str(tmp_path / "pipe"), "--train-data-dir", str(data),
                  "--output-dir", str(out), "--rank", "4", "--layers", "1,3", "--num-experts", "2", "--batch-size", "4",
-                 "--max-steps", "2", "--checkpointing-steps", "2", "--validation-steps", "2"])
+                 "--max-steps", "2", "--checkpointing-steps", "2", "--validation-steps", "2",
+                 "--lr-scheduler", "cosine", "--lr-warmup-steps", "1"])
     assert code == 0, capsys.readouterr().err
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["step"] == 2 and Path(report["weights"], "rsr_weights.safetensors").is_file()
     assert (out / "validation" / "step-000002.png").is_file()
+    saved = json.loads((out / "checkpoints" / "checkpoint-2" / "state.json").read_text())["config"]
+    assert (saved["lr_scheduler"], saved["lr_warmup_steps"]) == ("cosine", 1)
     code = main(["sample", "--model", str(tmp_path / "pipe"), "--rsr", report["weights"], "--out", str(tmp_path / "s"),
                  "--num-inference-steps", "2"] + (["--prompt", "a cat"] if kind == "sd3" else ["--class-label", "1"]))
     assert code == 0 and (tmp_path / "s" / "grid.png").is_file() and (tmp_path / "s" / "00000-0.png").is_file()
@@ -184,6 +187,8 @@ def test_bad_inputs_give_one_clear_error_line(dit_setup, tmp_path, capsys):
                                   str(data_dir), "--preset", "huge"],
         "needs a multi-process run": ["--pretrained-model-name-or-path", str(pipe_dir), "--train-data-dir",
                                       str(data_dir), "--fsdp"],
+        "TrainConfig.lr_decay_steps=1 is invalid": ["--pretrained-model-name-or-path", str(pipe_dir),
+                                                     "--train-data-dir", str(data_dir), "--lr-decay-steps", "1"],
     }
     capsys.readouterr()
     for expected, extra in cases.items():
