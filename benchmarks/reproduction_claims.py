@@ -100,6 +100,9 @@ def claims_section(t2i: dict, dpg: dict, cls: dict) -> list[str]:
               f"the mean difference points the paper's way in {paper_way} of the {len(run)} that ran.", "",
               "| claim | metric | difference | verdict |", "| --- | --- | ---: | --- |"]
     lines += [f"| {claim.text} | {claim.metric} | {diff} | {verdict} |" for claim, verdict, diff in results]
+    lines += ["", f"Each verdict is its own 95% test and no multiple-comparison correction is applied: with {len(run)} "
+              f"tests, about {0.05 * len(run):.1f} would exclude zero by chance alone if no row differed from "
+              "another, so one supported or contradicted line is weak evidence by itself."]
     images = sorted({r["geneval"]["images"] for rs in t2i.values() for r in rs})
     if images:
         lines += ["", f"Why the intervals are wide: each GenEval seed scores {images[0]} images, so a category "
