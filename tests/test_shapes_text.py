@@ -59,3 +59,16 @@ def test_tiny_text_encoder_pools_at_the_end_token():
     torch.testing.assert_close(model.text_projection(pooled), out.text_embeds)
     same = tiny_text_encoder(seed=0)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values(), strict=True))
+
+
+def test_a_pipeline_saved_after_sampling_writes_the_tokenizer_it_loaded(tmp_path):
+    """transformers' fast tokenizers keep the padding a call sets; ``tokenize`` restores it."""
+    from thinkpix.train import load_pipeline
+    from thinkpix.train.targets import SHIPPED
+
+    pipe = load_pipeline("shapes-t2i")
+    pipe(["a photo of a red circle"], num_inference_steps=1, output_type="np")  # the CFG batch has "" too
+    assert pipe.tokenizer.backend_tokenizer.padding is None
+    pipe.tokenizer.save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (tmp_path / name).read_text() == (SHIPPED["shapes-t2i"] / "tokenizer" / name).read_text(), name

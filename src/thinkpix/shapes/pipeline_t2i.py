@@ -21,7 +21,7 @@ from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerFast
 
 from thinkpix.shapes.models import build_model
 from thinkpix.shapes.sampling import Generator, check_output_type, denoise, initial_noise, to_output
-from thinkpix.shapes.text import MAX_LENGTH, build_tokenizer, tiny_text_encoder, validate_prompt
+from thinkpix.shapes.text import build_tokenizer, tiny_text_encoder, tokenize, validate_prompt
 
 UNCONDITIONAL = ""
 """The unconditional prompt: it tokenizes to ``<bos> <eos>`` and padding."""
@@ -52,7 +52,7 @@ def encode_text(
         if prompt != UNCONDITIONAL:
             validate_prompt(prompt)
     device = device or text_encoder.device
-    ids = tokenizer(prompts, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids
+    ids = tokenize(tokenizer, prompts).input_ids
     out = text_encoder(ids.to(device))
     return out.last_hidden_state, out.text_embeds
 

@@ -85,7 +85,21 @@ def encode_prompts(tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str]) -
         prompts = [prompts]
     for prompt in prompts:
         validate_prompt(prompt)
-    return tokenizer(list(prompts), padding="max_length", max_length=MAX_LENGTH, return_tensors="pt")
+    return tokenize(tokenizer, list(prompts))
+
+
+def tokenize(tokenizer: PreTrainedTokenizerFast, prompts: list[str]) -> BatchEncoding:
+    """Pad ``prompts`` to ``MAX_LENGTH`` without leaving that setting behind: transformers' fast tokenizers
+    keep the padding a call sets, so a pipeline saved after sampling would write a different tokenizer."""
+    backend = tokenizer.backend_tokenizer
+    padding = backend.padding
+    try:
+        return tokenizer(prompts, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt")
+    finally:
+        if padding is None:
+            backend.no_padding()
+        else:
+            backend.enable_padding(**padding)
 
 
 def tiny_text_config(
