@@ -124,10 +124,11 @@ class TrainConfig:
         """Learning rate of optimizer step ``step`` (0-based). A pure function of the step, so a resumed
         run follows the same schedule with nothing extra in the checkpoint.
 
-        Warm-up is linear from 0 over ``lr_warmup_steps``; linear/cosine then decay to 0 at ``max_steps``
-        (diffusers.optimization's ``get_linear_schedule_with_warmup`` / ``get_cosine_schedule_with_warmup``).
+        Warm-up is linear over ``lr_warmup_steps`` (``(step + 1) / warmup``, so the first step trains;
+        diffusers starts at 0); linear/cosine then decay to 0 at ``max_steps`` as diffusers.optimization's
+        ``get_linear_schedule_with_warmup`` / ``get_cosine_schedule_with_warmup``.
         With ``lr_decay_steps`` the rate stays constant until ``max_steps - lr_decay_steps`` and decays
-        over the rest: the warmup-stable-decay schedule (Hu et al. 2024, MiniCPM, Sec. 4.1), which lets a
+        over the rest: the warmup-stable-decay schedule (Hu et al. 2024, MiniCPM, Sec. 4), which lets a
         constant-rate run be resumed for a short cool-down.
         """
         if step < self.lr_warmup_steps:
