@@ -6,6 +6,8 @@
 
 A resumed run writes one event file per launch; where launches overlap (a run killed after its last
 checkpoint repeats the steps since), the latest launch wins, which is the history of the shipped weights.
+Several run folders may be given (a run continued from a copied checkpoint in another folder); their event
+files are merged by the same rule.
 Each cell is the mean of the ``--window`` logged values up to that step, since single-batch losses of
 rectified flow swing by a factor of two.
 """
@@ -20,12 +22,14 @@ import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
-def read_scalars(run_dir: str | Path,
+def read_scalars(run_dirs: str | Path | list[str | Path],
                  tags: tuple[str, ...] = ("train/loss", "train/lr")) -> dict[str, dict[int, float]]:
-    """``tag -> {step: value}`` over every event file under ``run_dir``; later files (by write time) win."""
-    files = sorted(Path(run_dir).rglob("events.out.tfevents.*"), key=lambda p: float(p.name.split(".")[3]))
+    """``tag -> {step: value}`` over every event file under ``run_dirs``; later files (by write time) win."""
+    run_dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs
+    files = sorted((f for d in run_dirs for f in Path(d).rglob("events.out.tfevents.*")),
+                   key=lambda p: float(p.name.split(".")[3]))
     if not files:
-        raise FileNotFoundError(f"no TensorBoard event files under {run_dir}")
+        raise FileNotFoundError(f"no TensorBoard event files under {', '.join(map(str, run_dirs))}")
     out: dict[str, dict[int, float]] = {tag: {} for tag in tags}
     for path in files:
         acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
@@ -56,7 +60,7 @@ def markdown(steps: list[int], rows: dict[str, list[float | None]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir")
+    parser.add_argument("run_dir", nargs="+", help="one run, or the folders of a run continued elsewhere, oldest first")
     parser.add_argument("--steps", type=int, nargs="+", required=True)
     parser.add_argument("--window", type=int, default=25)
     parser.add_argument("--tags", nargs="+", default=None,
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         scalars = read_scalars(args.run_dir, tuple(args.tags))
         missing = [tag for tag in args.tags if not scalars[tag]]
         if missing:
-            parser.error(f"no values logged for {missing} under {args.run_dir}")
+            parser.error(f"no values logged for {missing} under {' '.join(args.run_dir)}")
         rows = {tag: windowed_means(scalars[tag], args.steps, args.window) for tag in args.tags}
     else:
         scalars = read_scalars(args.run_dir)

@@ -100,6 +100,13 @@ def test_training_log_reads_resumed_runs_and_the_latest_launch_wins(tmp_path):
     assert windowed_means(scalars["train/loss"], [0, 4, 6, 8], window=4) == [None, 1.0, 1.5, 2.0]
     with pytest.raises(FileNotFoundError, match="no TensorBoard event files"):
         read_scalars(tmp_path / "empty")
+    time.sleep(1.1)
+    continued = SummaryWriter(str(tmp_path / "continued"))  # a copied checkpoint resumed in another folder
+    continued.add_scalar("train/loss", 3.0, 8)
+    continued.add_scalar("train/loss", 3.0, 9)
+    continued.close()
+    merged = read_scalars([tmp_path / "run", tmp_path / "continued"])["train/loss"]
+    assert merged == {**scalars["train/loss"], 8: 3.0, 9: 3.0}
 
 
 def test_wilson_interval_matches_the_textbook_values():
