@@ -30,7 +30,7 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/thinkpix demo --out runs/demo
 
-bases: $(STAMP)  # re-train the shipped Shapes bases (about an hour on 2 cores)
+bases: $(STAMP)  # re-train the shipped Shapes bases (about 3.5 hours on 2 cores)
 	bash scripts/pretrain_bases.sh
 
 clean:

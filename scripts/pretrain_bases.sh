@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Produce the shipped Shapes bases (src/thinkpix/assets/shapes-t2i, shapes-class) and their scores.
 # `make bases` runs this. Steps are resumable: rerunning continues from the last checkpoint.
-# T2I_STEPS / T2I_EMA_STEPS / T2I_COOLDOWN_STEPS / CLASS_STEPS / THREADS override the budget (defaults: the shipped run).
+# T2I_STEPS / T2I_CYCLE_ENDS / T2I_COOLDOWN_STEPS / CLASS_STEPS / THREADS override the budget (defaults: the shipped run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T2I_STEPS=${T2I_STEPS:-2000}      # phase 1: constant lr 1e-3, no EMA
-T2I_EMA_STEPS=${T2I_EMA_STEPS:-5750}  # phase 2 (resumed): up to this step with an EMA (decay 0.999)
-T2I_COOLDOWN_STEPS=${T2I_COOLDOWN_STEPS:-1250}  # phase 3 (resumed): lr decays linearly to 0; its EMA is shipped
+# phase 2 (resumed): warmup-stable-decay cycles with an EMA (decay 0.999). Each cycle ends at one of these steps;
+# it keeps lr 1e-3 until T2I_COOLDOWN_STEPS before its end, then decays linearly to 0. A later cycle jumps back
+# to 1e-3 (lr is a pure function of the step, TrainConfig.lr_at). The EMA at the last end is shipped.
+T2I_CYCLE_ENDS=${T2I_CYCLE_ENDS:-"9750 12750"}
+T2I_COOLDOWN_STEPS=${T2I_COOLDOWN_STEPS:-1250}
 CLASS_STEPS=${CLASS_STEPS:-1200}
 export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
 TP=.venv/bin/thinkpix
@@ -20,13 +23,12 @@ PROMPTS=(--validation-prompt "a photo of a red circle" --validation-prompt "a ph
   --validation-prompt "a photo of a green triangle left of a yellow circle" --validation-prompt "a photo of a cyan diamond")
 $TP pretrain --model mmdit-s --train-data-dir $OUT/data-t2i --output-dir $OUT/t2i --max-steps "$T2I_STEPS" \
   --batch-size 64 --checkpointing-steps 100 --validation-steps 300 --resume-from-checkpoint latest "${PROMPTS[@]}"
-$TP pretrain --model mmdit-s --train-data-dir $OUT/data-t2i --output-dir $OUT/t2i --max-steps "$T2I_EMA_STEPS" \
-  --ema-decay 0.999 --batch-size 64 --checkpointing-steps 250 --validation-steps 500 --resume-from-checkpoint latest \
-  "${PROMPTS[@]}"
-$TP pretrain --model mmdit-s --train-data-dir $OUT/data-t2i --output-dir $OUT/t2i \
-  --max-steps $((T2I_EMA_STEPS + T2I_COOLDOWN_STEPS)) --lr-scheduler linear --lr-decay-steps "$T2I_COOLDOWN_STEPS" \
-  --ema-decay 0.999 --batch-size 64 --checkpointing-steps 250 --validation-steps 500 --resume-from-checkpoint latest \
-  "${PROMPTS[@]}"
+for END in $T2I_CYCLE_ENDS; do
+  $TP pretrain --model mmdit-s --train-data-dir $OUT/data-t2i --output-dir $OUT/t2i --max-steps "$END" \
+    --lr-scheduler linear --lr-decay-steps "$T2I_COOLDOWN_STEPS" \
+    --ema-decay 0.999 --batch-size 64 --checkpointing-steps 250 --validation-steps 500 --resume-from-checkpoint latest \
+    "${PROMPTS[@]}"
+done
 # Class base: rectified flow (DDIM noise prediction still drew noise after 1000 steps on this budget).
 $TP pretrain --model dit-s --scheduler flow --train-data-dir $OUT/data-class --output-dir $OUT/class-flow \
   --max-steps "$CLASS_STEPS" --ema-decay 0.999 --batch-size 64 --checkpointing-steps 200 --validation-steps 400 \
