@@ -159,8 +159,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--modes", nargs="+", choices=("forward", "forward+backward"),
                    default=["forward", "forward+backward"])
     p.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS))
-    p.add_argument("--rounds", type=int, default=None, help="round-robin rounds per group")
-    p.add_argument("--min-run-time", type=float, default=None, help="seconds per blocked_autorange")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="round-robin rounds per group (default 4 with --quick, else 6)")
+    p.add_argument("--min-run-time", type=float, default=None,
+                   help="seconds per blocked_autorange (default 0.1 with --quick, else 0.5)")
     p.add_argument("--allocators", nargs="+", choices=("default", "heap"), default=["default", "heap"])
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the per-op profile")
     p.add_argument("--out", type=Path, default=Path("docs/results/dispatch.md"))
@@ -172,8 +174,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.dims = args.dims or ([1152] if args.quick else [1152, 1536])
     args.tokens = args.tokens or [256, 2048, 8192]
     args.routings = args.routings or (["uniform", "one-expert"] if args.quick else list(ROUTINGS))
-    args.rounds = args.rounds or (4 if args.quick else 3)
-    args.min_run_time = args.min_run_time or 0.1
+    # The full grid is run for verdicts: 3 rounds of 0.1 s blocks (one or two calls each) flipped verdicts on
+    # noise on the shared 2-core machine, 6 rounds of 0.5 s did not (dispatch_target.md). --quick stays short.
+    args.rounds = args.rounds or (4 if args.quick else 6)
+    args.min_run_time = args.min_run_time or (0.1 if args.quick else 0.5)
     return args
 
 
