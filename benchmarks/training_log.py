@@ -60,7 +60,8 @@ def markdown(steps: list[int], rows: dict[str, list[float | None]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", nargs="+", help="one run, or the folders of a run continued elsewhere (any order: later launches win)")
+    parser.add_argument("run_dir", nargs="+",
+                        help="one run, or the folders of a run continued elsewhere (any order: later launches win)")
     parser.add_argument("--steps", type=int, nargs="+", required=True)
     parser.add_argument("--window", type=int, default=25)
     parser.add_argument("--tags", nargs="+", default=None,
