@@ -200,7 +200,8 @@ def write_report(out: Path, rows: dict, base: dict, fixed: dict, budget: Budget,
               "(`benchmarks.shapes_rows.fingerprint`); another base gives other numbers.",
               f"- GenEval here is {base['images']} images over 86 held-out prompts: one image moves a tag by several "
               "points, so overall differences of a few points between rows are within noise; halting rows are "
-              "paired with their fixed-T row (same prompts, seeds and weights), so their differences are not.",
+              "paired with their fixed-T row (same prompts, seeds and weights), so their differences come from halting "
+              "alone on these images; whether they hold on other prompts or fine-tuning seeds is not measured.",
               "- On this small base, RSR on one layer adds about 3% of the MACs; CPU-time differences of a few "
               "percent are at the timing noise of the shared machine, and the halting masks cost about what "
               "the skipped steps save.", "", "Per-tag scores (percent):", "",

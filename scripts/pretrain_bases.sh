@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Produce the shipped Shapes bases (src/thinkpix/assets/shapes-t2i, shapes-class) and their scores.
 # `make bases` runs this. Steps are resumable: rerunning continues from the last checkpoint.
-# T2I_STEPS / T2I_CYCLE_ENDS / T2I_COOLDOWN_STEPS / CLASS_STEPS / CLASS_COOLDOWN_STEPS / THREADS override the budget (defaults: the shipped run).
+# T2I_STEPS / T2I_CYCLE_ENDS / T2I_COOLDOWN_STEPS / CLASS_STEPS / CLASS_COOLDOWN_STEPS / THREADS override the
+# budget (defaults: the shipped run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T2I_STEPS=${T2I_STEPS:-2000}      # phase 1: constant lr 1e-3, no EMA
