@@ -149,6 +149,36 @@ def test_t2i_outputs_guidance_and_determinism(t2i):
         t2i_images(t2i, height=30)
 
 
+def record_batches(pipe):
+    """Batch size of every transformer call (a forward pre-hook)."""
+    sizes = []
+    pipe.transformer.register_forward_pre_hook(lambda module, args, kwargs: sizes.append(
+        (args[0] if args else kwargs["hidden_states"]).shape[0]), with_kwargs=True)
+    return sizes
+
+
+def test_t2i_guidance_interval_guides_only_inside_it_and_ships_in_the_config(t2i, tmp_path):
+    base, unguided = t2i_images(t2i), t2i_images(t2i, guidance_scale=1.0)
+    assert np.array_equal(t2i_images(t2i, guidance_interval=(0.0, 1.0)), base)
+    # 3 flow steps sit at sigma 1, 2/3, 1/3: an interval holding none of them is sampling without guidance
+    assert np.allclose(t2i_images(t2i, guidance_interval=(0.1, 0.2)), unguided, atol=1e-6)
+    sizes = record_batches(t2i)
+    partial = t2i_images(t2i, guidance_interval=(0.0, 0.5))
+    assert sizes == [2, 2, 4]  # unguided steps run the conditional half only
+    assert not np.allclose(partial, base) and not np.allclose(partial, unguided)
+    shipped = quiet(ShapesTextToImagePipeline(t2i.transformer, t2i.scheduler, t2i.text_encoder, t2i.tokenizer,
+                                              guidance_interval=(0.0, 0.5)))
+    assert np.array_equal(t2i_images(shipped), partial)
+    shipped.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["guidance_interval"] == [0.0, 0.5]
+    loaded = quiet(ShapesTextToImagePipeline.from_pretrained(tmp_path))
+    assert np.array_equal(t2i_images(loaded), partial)
+    assert np.array_equal(t2i_images(loaded, guidance_interval=(0, 1)), base)
+    for bad in [(0.5, 0.2), (0.0, 1.5), "ab", (0.3,)]:
+        with pytest.raises(ValueError, match="guidance_interval"):
+            t2i_images(t2i, guidance_interval=bad)
+
+
 def test_t2i_save_load_rsr_and_remove(t2i, tmp_path):
     base = t2i_images(t2i)
     t2i.save_pretrained(tmp_path)
@@ -187,6 +217,18 @@ def test_class_outputs_guidance_determinism_and_schedulers(cls_pipe):
     assert class_images(cls_pipe, output_type="pt").shape == (2, 3, 32, 32)
     cls_pipe.scheduler = DDPMScheduler.from_config(cls_pipe.scheduler.config)  # draws noise in every step
     assert np.array_equal(class_images(cls_pipe), class_images(cls_pipe))
+
+
+def test_class_guidance_interval(cls_pipe, tmp_path):
+    unguided = class_images(cls_pipe, guidance_scale=1.0)  # DDIM, 3 steps: t = 666, 333, 0
+    assert np.allclose(class_images(cls_pipe, guidance_interval=(0.1, 0.2)), unguided, atol=1e-6)
+    partial = class_images(cls_pipe, guidance_interval=(0.0, 0.5))
+    assert not np.allclose(partial, unguided) and not np.allclose(partial, class_images(cls_pipe))
+    shipped = ShapesClassPipeline(cls_pipe.transformer, cls_pipe.scheduler, guidance_interval=[0.0, 0.5])
+    shipped.save_pretrained(tmp_path)
+    assert np.array_equal(class_images(quiet(ShapesClassPipeline.from_pretrained(tmp_path))), partial)
+    with pytest.raises(ValueError, match="guidance_interval"):
+        ShapesClassPipeline(cls_pipe.transformer, cls_pipe.scheduler, guidance_interval=(0.6, 0.6))
 
 
 def test_class_save_load_keeps_labels_rsr_and_remove(cls_pipe, tmp_path):

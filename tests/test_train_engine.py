@@ -167,6 +167,11 @@ def test_finetune_cli_end_to_end_on_saved_diffusers_pipelines(tmp_path, kind, ca
     code = main(["sample", "--model", str(tmp_path / "pipe"), "--rsr", report["weights"], "--out", str(tmp_path / "s"),
                  "--num-inference-steps", "2"] + (["--prompt", "a cat"] if kind == "sd3" else ["--class-label", "1"]))
     assert code == 0 and (tmp_path / "s" / "grid.png").is_file() and (tmp_path / "s" / "00000-0.png").is_file()
+    capsys.readouterr()
+    assert main(["sample", "--model", str(tmp_path / "pipe"), "--out", str(tmp_path / "s2"), "--guidance-interval",
+                 "0", "0.5"] + (["--prompt", "a cat"] if kind == "sd3" else ["--class-label", "1"])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--guidance-interval needs a Shapes pipeline" in err[-1], err  # above it: loading progress bars
 
 
 def test_bad_inputs_give_one_clear_error_line(dit_setup, tmp_path, capsys):

@@ -81,6 +81,9 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rsr", default=None, help="RSR checkpoint folder to load into the transformer")
     p.add_argument("--num-inference-steps", type=int, default=20)
     p.add_argument("--guidance-scale", type=float, default=4.0)
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                   help="guide only at noise levels LOW..HIGH (fractions of the training timesteps; Shapes "
+                        "pipelines only); default: the pipeline's own (model_index.json), 0 1 guides every step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
 
@@ -153,7 +156,8 @@ def _sample(args: argparse.Namespace) -> int:
     if not conditions:
         raise ValueError("give --prompt, --prompts-file or --class-label")
     grid = sample_to_folder(args.model, conditions, args.out, rsr=args.rsr, steps=args.num_inference_steps,
-                            guidance_scale=args.guidance_scale, seed=args.seed, images_per_condition=args.num_images)
+                            guidance_scale=args.guidance_scale, seed=args.seed, images_per_condition=args.num_images,
+                            guidance_interval=args.guidance_interval)
     print(grid)
     return 0
 
@@ -175,7 +179,7 @@ def _generate_geneval(args: argparse.Namespace) -> int:
         records = read_metadata_jsonl(args.metadata)
     else:
         records = evaluation_metadata() if args.split == "eval" else training_metadata()
-    target = load_target(args.model, args.rsr)
+    target = load_target(args.model, args.rsr, args.guidance_interval)
     print(generate_geneval(target, records[: args.limit], args.out, samples=args.samples, seed=args.seed,
                            steps=args.num_inference_steps, guidance_scale=args.guidance_scale))
     return 0
@@ -201,7 +205,8 @@ def _generate_dpg(args: argparse.Namespace) -> int:
     from .sampling import load_target
 
     items = dpg_prompts(args.num_prompts, split=args.split, seed=args.prompt_seed)
-    print(generate_dpg(load_target(args.model, args.rsr), items, args.out, samples=args.samples, seed=args.seed,
+    target = load_target(args.model, args.rsr, args.guidance_interval)
+    print(generate_dpg(target, items, args.out, samples=args.samples, seed=args.seed,
                        steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
                        info={"model": str(args.model), "rsr": args.rsr, "split": args.split,
                              "prompt_seed": args.prompt_seed}))
@@ -239,7 +244,7 @@ def _sample_npz(args: argparse.Namespace) -> int:
 
     out = sample_npz(args.model, args.num_samples, args.out, rsr=args.rsr, seed=args.seed,
                      batch_size=args.batch_size, steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-                     split=args.split)
+                     split=args.split, guidance_interval=args.guidance_interval)
     if out is not None:
         print(out)
     return 0

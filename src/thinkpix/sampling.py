@@ -7,13 +7,25 @@ from pathlib import Path
 from PIL import Image
 
 from .models import load_rsr
+from .shapes.sampling import check_guidance_interval
 from .train.targets import TrainTarget, load_pipeline
 from .train.validation import save_grid, to_uint8
 
 
-def load_target(model: str | Path, rsr: str | Path | None = None) -> TrainTarget:
-    """A pipeline (shipped name, folder or hub id) in eval mode, with an RSR checkpoint applied if given."""
+def load_target(model: str | Path, rsr: str | Path | None = None,
+                guidance_interval: tuple[float, float] | None = None) -> TrainTarget:
+    """A pipeline (shipped name, folder or hub id) in eval mode, with an RSR checkpoint applied if given.
+
+    ``guidance_interval`` replaces the pipeline's default interval of noise levels where classifier-free
+    guidance applies (``(0, 1)``: every step); only the Shapes pipelines have one.
+    """
     target = TrainTarget(load_pipeline(model))
+    if guidance_interval is not None:
+        if "guidance_interval" not in target.pipeline.config:
+            raise ValueError(f"--guidance-interval needs a Shapes pipeline: {type(target.pipeline).__name__} "
+                             "guides at every step")
+        interval = check_guidance_interval(guidance_interval, "--guidance-interval")
+        target.pipeline.register_to_config(guidance_interval=list(interval))
     if rsr is not None:
         load_rsr(target.transformer, rsr)
     target.transformer.eval()
@@ -22,9 +34,9 @@ def load_target(model: str | Path, rsr: str | Path | None = None) -> TrainTarget
 
 def sample_to_folder(model: str | Path, conditions: list, out: str | Path, rsr: str | Path | None = None,
                      steps: int = 20, guidance_scale: float = 4.0, seed: int = 0,
-                     images_per_condition: int = 1) -> Path:
+                     images_per_condition: int = 1, guidance_interval: tuple[float, float] | None = None) -> Path:
     """Write ``<out>/<i:05d>-<n>.png`` for every condition and ``<out>/grid.png`` (one row per condition)."""
-    target = load_target(model, rsr)
+    target = load_target(model, rsr, guidance_interval)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     repeated = [c for c in conditions for _ in range(images_per_condition)]

@@ -71,7 +71,7 @@ def shard_batches(num_samples: int, batch_size: int, rank: int, world_size: int)
 
 def sample_npz(model: str | Path, num_samples: int, out: str | Path, rsr: str | Path | None = None, seed: int = 0,
                batch_size: int = 64, steps: int = 20, guidance_scale: float = 4.0, split: str = "eval",
-               progress: bool = True) -> Path | None:
+               progress: bool = True, guidance_interval: tuple[float, float] | None = None) -> Path | None:
     """Sample ``num_samples`` images over all accelerate processes into ``out`` (.npz); returns ``out`` on
     the main process and ``None`` on the others."""
     from accelerate import PartialState
@@ -87,7 +87,7 @@ def sample_npz(model: str | Path, num_samples: int, out: str | Path, rsr: str | 
     if int(os.environ.get("WORLD_SIZE", "1")) != state.num_processes:
         raise ValueError(f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate set up "
                          f"{state.num_processes} process(es): on CPU-only machines set ACCELERATE_USE_CPU=1")
-    target = load_target(model, rsr)
+    target = load_target(model, rsr, guidance_interval)
     target.pipeline.to(state.device)
     conditions = draw_conditions(target, num_samples, seed, split)
     shard_dir = out.with_name(out.name + ".shards")

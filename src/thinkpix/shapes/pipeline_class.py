@@ -22,7 +22,15 @@ from diffusers import (
 from diffusers.schedulers import KarrasDiffusionSchedulers
 
 from thinkpix.shapes.models import CLASS_NAMES, build_model
-from thinkpix.shapes.sampling import Generator, check_output_type, denoise, initial_noise, to_output
+from thinkpix.shapes.sampling import (
+    Generator,
+    check_guidance_interval,
+    check_output_type,
+    conditional_rows,
+    denoise,
+    initial_noise,
+    to_output,
+)
 
 
 def default_scheduler() -> DDIMScheduler:
@@ -49,6 +57,9 @@ class ShapesClassPipeline(DiffusionPipeline):
         id2label: class id -> name (``DiTPipeline``'s ``id2label``; comma-separated names are
             synonyms); saved in ``model_index.json``. Defaults to :data:`~thinkpix.shapes.models.CLASS_NAMES`
             when the transformer has exactly that many classes.
+        guidance_interval: the default ``(low, high)`` fractions of the training timesteps at which
+            classifier-free guidance applies (:func:`~thinkpix.shapes.sampling.guided_at`), or ``None`` for
+            every step; saved in ``model_index.json``.
     """
 
     model_cpu_offload_seq = "transformer"
@@ -58,6 +69,7 @@ class ShapesClassPipeline(DiffusionPipeline):
         transformer: DiTTransformer2DModel,
         scheduler: KarrasDiffusionSchedulers,
         id2label: dict[int, str] | dict[str, str] | None = None,
+        guidance_interval: list[float] | tuple[float, float] | None = None,
     ):
         super().__init__()
         self.register_modules(transformer=transformer, scheduler=scheduler)
@@ -68,7 +80,8 @@ class ShapesClassPipeline(DiffusionPipeline):
         bad = sorted(key for key in id2label if not key.isdigit() or int(key) >= num_classes)
         if bad:
             raise ValueError(f"id2label has keys {bad} outside the transformer's class ids 0..{num_classes - 1}")
-        self.register_to_config(id2label=id2label)
+        interval = check_guidance_interval(guidance_interval)
+        self.register_to_config(id2label=id2label, guidance_interval=list(interval) if interval else None)
         self.labels = dict(
             sorted((name.strip(), int(key)) for key, value in id2label.items() for name in value.split(","))
         )
@@ -120,6 +133,7 @@ class ShapesClassPipeline(DiffusionPipeline):
         class_labels: int | str | Sequence[int | str],
         guidance_scale: float = 4.0,
         num_inference_steps: int = 50,
+        guidance_interval: tuple[float, float] | None = None,
         generator: Generator = None,
         latents: torch.Tensor | None = None,
         output_type: str = "np",
@@ -131,6 +145,8 @@ class ShapesClassPipeline(DiffusionPipeline):
             class_labels: class ids, label names (see ``labels``), or a mix.
             guidance_scale: classifier-free guidance scale against the null class; on when > 1.
             num_inference_steps: scheduler steps.
+            guidance_interval: ``(low, high)``: guide only while ``low <= t / num_train_timesteps <= high``;
+                defaults to the pipeline's ``config.guidance_interval``; ``(0, 1)`` guides every step.
             generator: draws the initial noise and any sampler noise (one generator, or one per image).
             latents: initial noise of shape ``(B, 3, sample_size, sample_size)`` instead of drawing it.
             output_type: ``"np"`` (N, H, W, 3) or ``"pt"`` (N, 3, H, W) floats in [0, 1], or ``"pil"``.
@@ -146,9 +162,13 @@ class ShapesClassPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
 
         def predict(model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-            out = self.transformer(model_input, timestep=timestep, class_labels=ids, return_dict=False)[0]
+            labels = conditional_rows(ids, model_input.shape[0])
+            out = self.transformer(model_input, timestep=timestep, class_labels=labels, return_dict=False)[0]
             return out[:, : config.in_channels]
 
-        images = to_output(denoise(self, noise, predict, guidance_scale, generator), output_type)
+        interval = check_guidance_interval(
+            self.config.guidance_interval if guidance_interval is None else guidance_interval
+        )
+        images = to_output(denoise(self, noise, predict, guidance_scale, generator, interval), output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)

@@ -20,7 +20,15 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImageP
 from transformers import CLIPTextModelWithProjection, PreTrainedTokenizerFast
 
 from thinkpix.shapes.models import build_model
-from thinkpix.shapes.sampling import Generator, check_output_type, denoise, initial_noise, to_output
+from thinkpix.shapes.sampling import (
+    Generator,
+    check_guidance_interval,
+    check_output_type,
+    conditional_rows,
+    denoise,
+    initial_noise,
+    to_output,
+)
 from thinkpix.shapes.text import build_tokenizer, tiny_text_encoder, tokenize, validate_prompt
 
 UNCONDITIONAL = ""
@@ -66,6 +74,9 @@ class ShapesTextToImagePipeline(DiffusionPipeline):
         scheduler: a ``FlowMatchEulerDiscreteScheduler``.
         text_encoder: the tiny ``CLIPTextModelWithProjection`` (:func:`~thinkpix.shapes.text.tiny_text_encoder`).
         tokenizer: the word-level tokenizer (:func:`~thinkpix.shapes.text.build_tokenizer`).
+        guidance_interval: the default ``(low, high)`` noise levels at which classifier-free guidance applies
+            (:func:`~thinkpix.shapes.sampling.guided_at`), or ``None`` for every step; saved in
+            ``model_index.json``, so a base ships with the interval it is sampled with.
     """
 
     model_cpu_offload_seq = "text_encoder->transformer"
@@ -76,11 +87,14 @@ class ShapesTextToImagePipeline(DiffusionPipeline):
         scheduler: FlowMatchEulerDiscreteScheduler,
         text_encoder: CLIPTextModelWithProjection,
         tokenizer: PreTrainedTokenizerFast,
+        guidance_interval: list[float] | tuple[float, float] | None = None,
     ):
         super().__init__()
         self.register_modules(
             transformer=transformer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer
         )
+        interval = check_guidance_interval(guidance_interval)
+        self.register_to_config(guidance_interval=list(interval) if interval else None)
 
     @classmethod
     def from_scratch(cls, model: str = "mmdit-s", seed: int = 0, **overrides) -> ShapesTextToImagePipeline:
@@ -141,6 +155,7 @@ class ShapesTextToImagePipeline(DiffusionPipeline):
         prompt: str | list[str],
         num_inference_steps: int = 20,
         guidance_scale: float = 4.0,
+        guidance_interval: tuple[float, float] | None = None,
         negative_prompt: str | list[str] | None = None,
         num_images_per_prompt: int = 1,
         generator: Generator = None,
@@ -156,6 +171,8 @@ class ShapesTextToImagePipeline(DiffusionPipeline):
             prompt: one prompt or a list; words outside the Shapes vocabulary raise ``ValueError``.
             num_inference_steps: Euler steps of the flow-matching scheduler.
             guidance_scale: classifier-free guidance scale; guidance is on when it is > 1.
+            guidance_interval: ``(low, high)``: guide only at noise levels ``low <= sigma <= high``; defaults to
+                the pipeline's ``config.guidance_interval``; ``(0, 1)`` guides every step.
             negative_prompt: replaces the empty prompt as the unconditional input.
             num_images_per_prompt: images per prompt (copies are adjacent in the output).
             generator: draws the initial noise (one generator, or one per image).
@@ -177,14 +194,18 @@ class ShapesTextToImagePipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
 
         def predict(model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            rows = model_input.shape[0]
             return self.transformer(
                 hidden_states=model_input,
                 timestep=timestep,
-                encoder_hidden_states=embeds,
-                pooled_projections=pooled,
+                encoder_hidden_states=conditional_rows(embeds, rows),
+                pooled_projections=conditional_rows(pooled, rows),
                 return_dict=False,
             )[0]
 
-        images = to_output(denoise(self, noise, predict, guidance_scale, generator), output_type)
+        interval = check_guidance_interval(
+            self.config.guidance_interval if guidance_interval is None else guidance_interval
+        )
+        images = to_output(denoise(self, noise, predict, guidance_scale, generator, interval), output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
