@@ -2,8 +2,8 @@
 
 Shared by ``reproduce_tables.py`` (the paper's Tables 1-3) and ``compute_matched.py``. A row's result is
 one JSON file written atomically when the row is done, so an interrupted run skips finished rows when
-started again. The cache path holds a fingerprint of the base weights and of the budget: retraining a
-base or changing the budget never mixes old rows into new tables.
+started again. The cache path holds a fingerprint of the base (weights, guidance interval) and of the
+budget: retraining a base, changing its sampler or the budget never mixes old rows into new tables.
 """
 
 from __future__ import annotations
@@ -66,12 +66,17 @@ class Row:
 
 
 def fingerprint(model: str) -> str:
-    """Short hash of a pipeline folder's weight files (a shipped name or a path)."""
+    """Short hash of a pipeline folder's weight files (a shipped name or a path) and of its guidance interval
+    (``model_index.json``), which changes every sample; a pipeline without an interval hashes its weights only."""
     folder = SHIPPED.get(model, Path(model))
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*.safetensors")):
         digest.update(path.relative_to(folder).as_posix().encode())
         digest.update(path.read_bytes())
+    index = folder / "model_index.json"
+    interval = json.loads(index.read_text()).get("guidance_interval") if index.is_file() else None
+    if interval is not None:
+        digest.update(f"guidance_interval={interval}".encode())
     return digest.hexdigest()[:8]
 
 

@@ -44,6 +44,9 @@ def test_a_row_fine_tunes_samples_and_scores_a_saved_pipeline(tmp_path):
     pipe.save_pretrained(tmp_path / "base")
     key = fingerprint(str(tmp_path / "base"))
     assert len(key) == 8 and key == fingerprint(str(tmp_path / "base"))
+    pipe.register_to_config(guidance_interval=[0.0, 0.6])  # another sampler: rows must not be shared
+    pipe.save_pretrained(tmp_path / "guided")
+    assert fingerprint(str(tmp_path / "guided")) != key
     data = make_dataset(tmp_path / "data", n=8, seed=0, variant="caption", split="train")
     budget = Budget(train_images=8, finetune_steps=2, batch_size=4, geneval_prompts=2, samples=1, sample_steps=2)
     row = Row("rsr", "rsr", {"num_experts": 2, "latent_steps": 3, "rank": 2})
