@@ -16,9 +16,10 @@ measures guidance applied at noise levels ``0 <= sigma <= high`` for several ``h
 * ``shapes-class``: the share of samples where the detector finds exactly the named coloured shape.
 
 Each setting's numbers are cached in ``--work``, so two processes can split the grid (``--highs``) and a
-last run over the whole grid writes the report:
+last run over the whole grid writes the report; ``--ship`` then writes the chosen intervals into the shipped
+bases' ``model_index.json`` (their weights do not change):
 
-    python -m benchmarks.guidance_interval --out docs/results/guidance_interval.md
+    python -m benchmarks.guidance_interval --out docs/results/guidance_interval.md --ship
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from thinkpix.sampling import load_target
 from thinkpix.shapes.detect import detect_shapes
 from thinkpix.shapes.prompts import colors_metadata, training_metadata
 from thinkpix.shapes.score import score_image
-from thinkpix.train.targets import TrainTarget
+from thinkpix.train.targets import SHIPPED, TrainTarget
 
 
 def use_interval(target: TrainTarget, high: float) -> None:
@@ -92,6 +93,15 @@ def cached(path: Path, compute, *args) -> dict:
     return result
 
 
+def ship_interval(asset: str, key: str) -> None:
+    """Make the ``high`` of ``key`` (``high@scale``) the default interval of the shipped base ``asset``."""
+    high = float(key.split("@")[0])
+    index = SHIPPED[asset] / "model_index.json"
+    config = json.loads(index.read_text())
+    config["guidance_interval"] = None if high >= 1 else [0.0, high]
+    index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -139,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="runs/guidance_interval")
     parser.add_argument("--out", default="docs/results/guidance_interval.md")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ship", action="store_true",
+                        help="write the chosen intervals into the shipped bases (shapes-t2i, shapes-class)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -162,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         results["chosen"][kind] = max(candidates, key=lambda k: results[kind][k]["selection"])
     Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=2))
     Path(args.out).write_text(report(results, args))
+    for kind, asset in (("t2i", "shapes-t2i"), ("class", "shapes-class")):
+        if args.ship and kind in results["chosen"]:
+            ship_interval(asset, results["chosen"][kind])
     print(report(results, args))
     return 0
 

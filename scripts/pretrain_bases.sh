@@ -46,5 +46,8 @@ mkdir -p src/thinkpix/assets
 ship $OUT/t2i/pipeline src/thinkpix/assets/shapes-t2i
 ship $OUT/class-flow/pipeline src/thinkpix/assets/shapes-class
 
-$TP generate geneval --model shapes-t2i --split eval --samples 4 --out $OUT/geneval-base
-$TP eval geneval $OUT/geneval-base --json docs/results/shapes_base_geneval.json
+# The noise levels where classifier-free guidance applies, chosen on training prompts and a selection seed
+# (docs/results/guidance_interval.md) and written into each base's model_index.json.
+.venv/bin/python -m benchmarks.guidance_interval --work $OUT/guidance-interval --ship
+# Shapes-GenEval and the class base's scores (docs/results/shapes_bases.md).
+.venv/bin/python -m benchmarks.base_quality --work $OUT/base-quality

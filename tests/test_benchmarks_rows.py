@@ -107,3 +107,32 @@ def test_a_class_row_fine_tunes_the_shipped_dit_and_measures_fd(tmp_path):
     assert result["images"] == 16 and result["train_steps"] == 2
     assert result["metrics"]["fid"] > 0 and 0 <= result["metrics"]["precision"] <= 1
     json.dumps(result)  # cacheable
+
+
+def test_guidance_interval_sweep_caches_chooses_at_the_protocol_scale_and_ships(tmp_path, monkeypatch):
+    from benchmarks import guidance_interval
+
+    from thinkpix.shapes import ShapesClassPipeline
+
+    tiny = dict(width=32, head_dim=16, num_layers=2)
+    ShapesTextToImagePipeline.from_scratch("mmdit-s", seed=0, **tiny).save_pretrained(tmp_path / "t2i")
+    ShapesClassPipeline.from_scratch("dit-s", seed=0, scheduler="flow", **tiny).save_pretrained(tmp_path / "class")
+    monkeypatch.setattr(guidance_interval, "SHIPPED", {"shapes-t2i": tmp_path / "t2i",
+                                                       "shapes-class": tmp_path / "class"})
+    args = ["--t2i", str(tmp_path / "t2i"), "--class-model", str(tmp_path / "class"), "--highs", "1", "0.5",
+            "--scales", "4", "2", "--steps", "2", "--per-class", "1", "--work", str(tmp_path / "work"),
+            "--out", str(tmp_path / "gi.md")]
+    assert guidance_interval.main(args + ["--ship"]) == 0
+    results = json.loads((tmp_path / "gi.json").read_text())
+    assert set(results["t2i"]) == set(results["class"]) == {"1@4", "1@2", "0.5@4", "0.5@2"}
+    for kind in ("t2i", "class"):
+        chosen = results["chosen"][kind]
+        assert chosen.endswith("@4")  # chosen at the protocol scale only
+        assert results[kind][chosen]["selection"] == max(results[kind][k]["selection"] for k in ("1@4", "0.5@4"))
+        shipped = json.loads((tmp_path / kind / "model_index.json").read_text())["guidance_interval"]
+        assert shipped == (None if chosen == "1@4" else [0.0, 0.5])
+    single = results["t2i"]["0.5@4"]["single_object"]
+    assert single["images"] == 64 and 0 <= single["empty"] <= 1
+    stamp = (tmp_path / "work" / "t2i" / "h0.5-g4" / "result.json").stat().st_mtime_ns
+    assert guidance_interval.main(args) == 0  # a rerun reads every setting from the cache
+    assert (tmp_path / "work" / "t2i" / "h0.5-g4" / "result.json").stat().st_mtime_ns == stamp
