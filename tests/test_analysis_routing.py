@@ -117,6 +117,11 @@ def test_select_samples_and_conditional_rows():
     assert _conditional_rows(t2i, 2, 2) == [0, 1]
     with pytest.raises(ValueError, match="twice"):
         _conditional_rows(t2i, 3, 2)
+    # guidance in an interval: unguided steps trace the 2 conditional rows, guided ones [uncond, cond]
+    mixed = make_trace(route, batch=4)
+    mixed.records[0] = select_samples(mixed, [2, 3]).records[0]
+    conditional = select_samples(mixed, lambda batch: _conditional_rows(t2i, batch, 2))
+    assert all(r.experts[0, :, 0].tolist() == [0, 1] for r in conditional.records)
 
 
 def coherent_then_divergent(call, t, steps=3, tokens=16, dim=8):

@@ -25,7 +25,7 @@ import argparse
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +46,13 @@ def trace_layers(trace: RoutingTrace) -> list[int]:
     return sorted({r.layer for r in trace.records})
 
 
-def select_samples(trace: RoutingTrace, rows: Sequence[int]) -> RoutingTrace:
-    """A new trace holding only the batch rows ``rows`` of every record (e.g. the conditional half under CFG)."""
-    index = torch.as_tensor(list(rows), dtype=torch.long)
+def select_samples(trace: RoutingTrace, rows: Sequence[int] | Callable[[int], Sequence[int]]) -> RoutingTrace:
+    """A new trace holding only the batch rows ``rows`` of every record (e.g. the conditional half under CFG);
+    ``rows`` may be a function of a record's batch size, for traces whose batch changes between calls
+    (guidance applied in an interval of noise levels doubles the batch at some steps only)."""
     selected = RoutingTrace()
     for r in trace.records:
+        index = torch.as_tensor(list(rows(r.experts.shape[1]) if callable(rows) else rows), dtype=torch.long)
         selected.records.append(RoutingRecord(
             r.layer, r.call, None if r.timestep is None else r.timestep[index], r.experts[:, index],
             r.probs[:, index], None if r.states is None else r.states[:, index]))
@@ -187,7 +189,7 @@ def analyze_routing(model: str | Path, rsr: str | Path | None, prompts: Sequence
         images = target.sample(repeated, seed=seed, steps=steps, guidance_scale=guidance_scale)
     if not full.records:
         raise ValueError("no RSR layer ran while sampling")
-    trace = select_samples(full, _conditional_rows(target.pipeline, full.records[0].experts.shape[1], len(repeated)))
+    trace = select_samples(full, lambda batch: _conditional_rows(target.pipeline, batch, len(repeated)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize_trace(trace, buckets)
