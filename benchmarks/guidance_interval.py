@@ -106,6 +106,12 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def shipped(kind: str, args: argparse.Namespace) -> str:
+    if kind in args.shipped:
+        return "written into the shipped base's `model_index.json` by this run (`--ship`)"
+    return "not written into the shipped base by this run"
+
+
 def report(results: dict, args: argparse.Namespace) -> str:
     lines = ["# Guidance interval for the Shapes bases", "",
              f"Written by `python -m benchmarks.guidance_interval` (selection seed {args.seed}, {args.steps} Euler "
@@ -121,7 +127,7 @@ def report(results: dict, args: argparse.Namespace) -> str:
                          f"{pct(single['accuracy'])} [{pct(single['ci95'][0])}-{pct(single['ci95'][1])}] | "
                          f"{pct(r['colors']['accuracy'])} | {pct(single['empty'])} |")
         lines += ["", f"Chosen: `{results['chosen']['t2i']}` (high@scale; the best selection score at scale "
-                  f"{args.choose_scale:g}).", ""]
+                  f"{args.choose_scale:g}); {shipped('t2i', args)}.", ""]
     if "class" in results:
         lines += ["## `shapes-class`", "", f"Detector finds exactly the named coloured shape, {args.per_class} "
                   "samples per trained class.", "", "| high | scale | exact class | empty images |",
@@ -131,7 +137,7 @@ def report(results: dict, args: argparse.Namespace) -> str:
             lines.append(f"| {high} | {scale} | {pct(r['accuracy'])} [{pct(r['ci95'][0])}-{pct(r['ci95'][1])}] | "
                          f"{pct(r['empty'])} |")
         lines += ["", f"Chosen: `{results['chosen']['class']}` (high@scale; the best exact-class rate at scale "
-                  f"{args.choose_scale:g}).", ""]
+                  f"{args.choose_scale:g}); {shipped('class', args)}.", ""]
     return "\n".join(lines)
 
 
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--t2i", default="shapes-t2i", help="text-to-image pipeline, or 'none'")
     parser.add_argument("--class-model", default="shapes-class", help="class pipeline, or 'none'")
-    parser.add_argument("--highs", type=float, nargs="+", default=[1.0, 0.8, 0.6, 0.4])
+    parser.add_argument("--highs", type=float, nargs="+", default=[1.0, 0.9, 0.8, 0.7, 0.6, 0.4])
     parser.add_argument("--scales", type=float, nargs="+", default=[4.0, 7.0])
     parser.add_argument("--choose-scale", type=float, default=4.0,
                         help="the guidance scale of the reported measurements; the interval is chosen at it")
@@ -149,10 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="runs/guidance_interval")
     parser.add_argument("--out", default="docs/results/guidance_interval.md")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--ship", action="store_true",
-                        help="write the chosen intervals into the shipped bases (shapes-t2i, shapes-class)")
+    parser.add_argument("--ship", nargs="*", choices=["t2i", "class"], default=None,
+                        help="write the chosen interval into these shipped bases' model_index.json (no value: both)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    args.shipped = [] if args.ship is None else (args.ship or ["t2i", "class"])
     work = Path(args.work)
     results: dict = {"chosen": {}}
     for kind, model in (("t2i", args.t2i), ("class", args.class_model)):
@@ -175,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=2))
     Path(args.out).write_text(report(results, args))
     for kind, asset in (("t2i", "shapes-t2i"), ("class", "shapes-class")):
-        if args.ship and kind in results["chosen"]:
+        if kind in args.shipped:
             ship_interval(asset, results["chosen"][kind])
     print(report(results, args))
     return 0

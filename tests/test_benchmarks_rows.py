@@ -122,7 +122,7 @@ def test_guidance_interval_sweep_caches_chooses_at_the_protocol_scale_and_ships(
     args = ["--t2i", str(tmp_path / "t2i"), "--class-model", str(tmp_path / "class"), "--highs", "1", "0.5",
             "--scales", "4", "2", "--steps", "2", "--per-class", "1", "--work", str(tmp_path / "work"),
             "--out", str(tmp_path / "gi.md")]
-    assert guidance_interval.main(args + ["--ship"]) == 0
+    assert guidance_interval.main(args + ["--ship"]) == 0  # both bases
     results = json.loads((tmp_path / "gi.json").read_text())
     assert set(results["t2i"]) == set(results["class"]) == {"1@4", "1@2", "0.5@4", "0.5@2"}
     for kind in ("t2i", "class"):
