@@ -116,7 +116,9 @@ def report(results: dict, args: argparse.Namespace) -> str:
     lines = ["# Guidance interval for the Shapes bases", "",
              f"Written by `python -m benchmarks.guidance_interval` (selection seed {args.seed}, {args.steps} Euler "
              "steps; guidance at noise levels `0 <= sigma <= high`, `high = 1` is plain CFG). Training prompts "
-             "only; the reported base scores (`shapes_bases.md`) use other seeds.", ""]
+             "only; the reported base scores (`shapes_bases.md`) use other seeds. Brackets: 95% Wilson intervals. "
+             "The chosen setting is the best of several on one seed, so its selection score overstates what it "
+             "scores on other seeds; `shapes_bases.md` has those.", ""]
     if "t2i" in results:
         lines += ["## `shapes-t2i`", "", "| high | scale | selection | training overall | single object (64) | "
                   "colours (80) | empty images, single object |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
