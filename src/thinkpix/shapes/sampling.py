@@ -70,8 +70,9 @@ def guided_at(scheduler: object, timestep: torch.Tensor, interval: GuidanceInter
 
     Guidance in a limited interval follows Kynkäänniemi et al. 2024 ("Applying Guidance in a Limited
     Interval Improves Sample and Distribution Quality in Diffusion Models"): at high noise, guidance
-    pushes samples away from the unconditional mean and collapses them; there the Shapes bases draw
-    empty black images for uncoloured prompts (``docs/results/guidance_interval.md``).
+    pushes samples away from the unconditional mean and can collapse them. With guidance at every step
+    the shipped Shapes text-to-image base drew empty black images for most uncoloured single-object
+    prompts (``docs/results/shapes_bases.md``, ``docs/results/guidance_interval.md``).
     """
     if interval is None:
         return True
