@@ -15,6 +15,7 @@ def test_quick_demo_writes_a_report_with_scores(tmp_path, capsys):
     assert "| base |" in table and "RSR" in table
     report = (tmp_path / "report.md").read_text()
     assert "Shapes-GenEval" in report and "routing.png" in report
+    assert "guidance 4 at noise levels 0-0.8" in report  # the shipped base's guidance interval
     for name in ("routing.png", "base_grid.png", "rsr_grid.png"):
         assert (tmp_path / name).stat().st_size > 0
     scores = json.loads((tmp_path / "scores.json").read_text())

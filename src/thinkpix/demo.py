@@ -28,6 +28,12 @@ FULL = dict(train_images=2000, max_steps=300, samples=2, eval_steps=20)
 QUICK = dict(train_images=64, max_steps=4, samples=1, eval_steps=4, prompts=12)
 
 
+def _guidance(pipeline) -> str:
+    """How the pipeline guides by default: the shipped base carries a guidance interval in its config."""
+    interval = getattr(pipeline, "config", {}).get("guidance_interval")
+    return "guidance 4" + (f" at noise levels {interval[0]:g}-{interval[1]:g}" if interval else " at every step")
+
+
 def _grid_of(folder: Path, path: Path, limit: int = 24) -> Path:
     import numpy as np
     from PIL import Image
@@ -70,7 +76,8 @@ def run_demo(out: Path, quick: bool = False, base: str = "shapes-t2i") -> str:
     report = [
         "# thinkpix demo: RSR on the Shapes world", "",
         f"Command: `thinkpix demo{' --quick' if quick else ''}` (what `make demo` runs). "
-        f"{len(records)} held-out prompts x {plan['samples']} samples, {plan['eval_steps']} sampling steps; "
+        f"{len(records)} held-out prompts x {plan['samples']} samples, {plan['eval_steps']} sampling steps, "
+        f"{_guidance(target.pipeline)}; "
         f"RSR fine-tuned for {result.step} steps (batch {cfg.batch_size}, rank {cfg.rank}, layer {layer}).", "",
         "## Shapes-GenEval on held-out compositions (percent)", "", table, "",
         "Held-out prompts combine colours, counts and relations never seen together in training; "
