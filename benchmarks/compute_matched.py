@@ -25,7 +25,17 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.shapes_rows import Budget, Row, cached, finetuned, fingerprint, geneval_row, sampling_macs, spread
+from benchmarks.shapes_rows import (
+    Budget,
+    Row,
+    cached,
+    describe_base,
+    finetuned,
+    fingerprint,
+    geneval_row,
+    sampling_macs,
+    spread,
+)
 from thinkpix.eval.geneval import format_scores
 from thinkpix.models import routing_trace, set_halting
 from thinkpix.sampling import load_target
@@ -196,8 +206,8 @@ def write_report(out: Path, rows: dict, base: dict, fixed: dict, budget: Budget,
         met = saved >= 0.3 and change >= -0.5
         lines.append(f"| {name} | {100 * saved:.0f}% | {change:+.1f} | {'met' if met else 'missed'} |")
     lines += ["", "Reading these numbers:", "",
-              f"- Base: `shapes-t2i` with weights fingerprint `{fingerprint('shapes-t2i')}` "
-              "(`benchmarks.shapes_rows.fingerprint`); another base gives other numbers.",
+              f"- Base: {describe_base('shapes-t2i')} (`benchmarks.shapes_rows.fingerprint`); another base or "
+              "sampler gives other numbers.",
               f"- GenEval here is {base['images']} images over 86 held-out prompts: one image moves a tag by several "
               "points, so overall differences of a few points between rows are within noise; halting rows are "
               "paired with their fixed-T row (same prompts, seeds and weights), so their differences come from halting "

@@ -32,6 +32,7 @@ from benchmarks.shapes_rows import (
     Budget,
     Row,
     cached,
+    describe_base,
     finetuned,
     fingerprint,
     fmt_ci,
@@ -126,9 +127,8 @@ def write_report(out: Path, budget: Budget, mode: str, t2i: dict, dpg: dict, cls
              f"Produced by `{command}` ({mode} budget: {budget}). Seeds {seeds}; each cell is the mean over "
              "seeds with the half-width of its 95% confidence interval (Student's t). Cost = mean fine-tuning "
              "time / mean sampling time of the row on this machine (2 shared CPU cores). Bases: "
-             f"`shapes-t2i` weights `{fingerprint('shapes-t2i')}`, `shapes-class` weights "
-             f"`{fingerprint('shapes-class')}` (`benchmarks.shapes_rows.fingerprint`; see "
-             "`docs/results/shapes_bases.md`).", ""]
+             f"{describe_base('shapes-t2i')}, {describe_base('shapes-class')} (`benchmarks.shapes_rows.fingerprint`; "
+             "see `docs/results/shapes_bases.md`).", ""]
     if t2i:
         lines += ["## Table 2 analogue: Shapes-GenEval, held-out compositions (percent)", "",
                   "| row | " + " | ".join(geneval_cols) + " | params | cost | seeds |",

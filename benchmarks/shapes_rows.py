@@ -80,6 +80,15 @@ def fingerprint(model: str) -> str:
     return digest.hexdigest()[:8]
 
 
+def describe_base(model: str) -> str:
+    """The base as report headers name it: its fingerprint and how it guides."""
+    folder = SHIPPED.get(model, Path(model))
+    index = folder / "model_index.json"
+    interval = json.loads(index.read_text()).get("guidance_interval") if index.is_file() else None
+    sampler = f"guidance at noise levels {interval[0]:g}-{interval[1]:g}" if interval else "guidance at every step"
+    return f"`{model}` (fingerprint `{fingerprint(model)}` of weights and sampler; {sampler})"
+
+
 def cached(path: Path, compute: Callable[[], dict]) -> dict:
     """The JSON at ``path``, or ``compute()`` written there atomically (temporary file, then rename)."""
     if path.is_file():
