@@ -183,8 +183,9 @@ def write_report(out: Path, rows: dict, base: dict, fixed: dict, budget: Budget,
              f"Produced by `{command}` on {time.strftime('%Y-%m-%d')} (budget: {budget}). One fine-tuning seed; "
              "every row samples the same held-out prompts with the same seeds (paired). MACs = multiply-adds "
              "per image over the whole sampling run (every denoising step, the doubled CFG batch at guided "
-             "steps), counted with `FlopCounterMode` on the ops that ran. Time vs base = CPU time per image of sampling 8 training "
-             "prompts, all rows timed side by side in one process (3 interleaved rounds, minimum; 1 thread).",
+             "steps), counted with `FlopCounterMode` on the ops that ran. Time vs base = CPU time per image of "
+             "sampling 8 training prompts, all rows timed side by side in one process (3 interleaved rounds, "
+             "minimum; 1 thread).",
              "", "| row | GenEval overall | latent steps | steps saved | MACs / image (G) | MACs vs base | "
              "time vs base | trainable params |", "| --- |" + " ---: |" * 7]
     for name, r in rows.items():
