@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from benchmarks.base_quality import wilson
+from benchmarks.shapes_rows import fingerprint
 from thinkpix.eval.geneval import generate_geneval, score_geneval_folder
 from thinkpix.sampling import load_target
 from thinkpix.shapes.detect import detect_shapes
@@ -120,8 +121,9 @@ def report(results: dict, args: argparse.Namespace) -> str:
              "The chosen setting is the best of several on one seed, so its selection score overstates what it "
              "scores on other seeds; `shapes_bases.md` has those.", ""]
     if "t2i" in results:
-        lines += ["## `shapes-t2i`", "", "| high | scale | selection | training overall | single object (64) | "
-                  "colours (80) | empty images, single object |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += ["## `shapes-t2i`", "", f"Weights fingerprint `{results['weights']['t2i']}`.", "",
+                  "| high | scale | selection | training overall | single object (64) | colours (80) | "
+                  "empty images, single object |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for key, r in results["t2i"].items():
             high, scale = key.split("@")
             single = r["single_object"]
@@ -131,9 +133,9 @@ def report(results: dict, args: argparse.Namespace) -> str:
         lines += ["", f"Chosen: `{results['chosen']['t2i']}` (high@scale; the best selection score at scale "
                   f"{args.choose_scale:g}); {shipped('t2i', args)}.", ""]
     if "class" in results:
-        lines += ["## `shapes-class`", "", f"Detector finds exactly the named coloured shape, {args.per_class} "
-                  "samples per trained class.", "", "| high | scale | exact class | empty images |",
-                  "| ---: | ---: | ---: | ---: |"]
+        lines += ["## `shapes-class`", "", f"Weights fingerprint `{results['weights']['class']}`. Detector finds "
+                  f"exactly the named coloured shape, {args.per_class} samples per trained class.", "",
+                  "| high | scale | exact class | empty images |", "| ---: | ---: | ---: | ---: |"]
         for key, r in results["class"].items():
             high, scale = key.split("@")
             lines.append(f"| {high} | {scale} | {pct(r['accuracy'])} [{pct(r['ci95'][0])}-{pct(r['ci95'][1])}] | "
@@ -163,15 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.shipped = [] if args.ship is None else (args.ship or ["t2i", "class"])
     work = Path(args.work)
-    results: dict = {"chosen": {}}
+    results: dict = {"chosen": {}, "weights": {}}
     for kind, model in (("t2i", args.t2i), ("class", args.class_model)):
         if model == "none":
             continue
         target, results[kind] = load_target(model), {}
+        results["weights"][kind] = fingerprint(model, sampler=False)  # the sweep sets the interval itself
         for high in args.highs:
             use_interval(target, high)
             for scale in args.scales:
-                key, folder = f"{high:g}@{scale:g}", work / kind / f"h{high:g}-g{scale:g}"
+                key = f"{high:g}@{scale:g}"
+                folder = work / kind / results["weights"][kind] / f"h{high:g}-g{scale:g}"
                 if kind == "t2i":
                     result = cached(folder / "result.json", t2i_setting, target, folder, scale, args.seed, args.steps)
                 else:

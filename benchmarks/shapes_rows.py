@@ -65,9 +65,10 @@ class Row:
         return f"{self.method}" + (f" ({extras})" if extras else "")
 
 
-def fingerprint(model: str) -> str:
-    """Short hash of a pipeline folder's weight files (a shipped name or a path) and of its guidance interval
-    (``model_index.json``), which changes every sample; a pipeline without an interval hashes its weights only."""
+def fingerprint(model: str, sampler: bool = True) -> str:
+    """Short hash of a pipeline folder's weight files (a shipped name or a path) and, unless ``sampler`` is
+    False, of its guidance interval (``model_index.json``), which changes every sample; a pipeline without an
+    interval hashes its weights only."""
     folder = SHIPPED.get(model, Path(model))
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*.safetensors")):
@@ -75,7 +76,7 @@ def fingerprint(model: str) -> str:
         digest.update(path.read_bytes())
     index = folder / "model_index.json"
     interval = json.loads(index.read_text()).get("guidance_interval") if index.is_file() else None
-    if interval is not None:
+    if sampler and interval is not None:
         digest.update(f"guidance_interval={interval}".encode())
     return digest.hexdigest()[:8]
 

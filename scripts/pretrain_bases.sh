@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Produce the shipped Shapes bases (src/thinkpix/assets/shapes-t2i, shapes-class) and their scores.
 # `make bases` runs this. Steps are resumable: rerunning continues from the last checkpoint.
-# T2I_STEPS / T2I_CYCLE_ENDS / T2I_COOLDOWN_STEPS / CLASS_STEPS / CLASS_COOLDOWN_STEPS / THREADS override the
+# T2I_STEPS / T2I_CYCLE_ENDS / T2I_COOLDOWN_STEPS / CLASS_CYCLE_ENDS / CLASS_COOLDOWN_STEPS / THREADS override the
 # budget (defaults: the shipped run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,9 @@ T2I_STEPS=${T2I_STEPS:-2000}      # phase 1: constant lr 1e-3, no EMA
 # to 1e-3 (lr is a pure function of the step, TrainConfig.lr_at). The EMA at the last end is shipped.
 T2I_CYCLE_ENDS=${T2I_CYCLE_ENDS:-"9750 12750"}
 T2I_COOLDOWN_STEPS=${T2I_COOLDOWN_STEPS:-1250}
-CLASS_STEPS=${CLASS_STEPS:-3000}  # lr 1e-3, the last CLASS_COOLDOWN_STEPS decaying linearly to 0
+# Class base: warmup-stable-decay cycles ending at these steps (lr 1e-3, the last CLASS_COOLDOWN_STEPS of each
+# decaying linearly to 0); the EMA at the last end is shipped.
+CLASS_CYCLE_ENDS=${CLASS_CYCLE_ENDS:-"3000 6000"}
 CLASS_COOLDOWN_STEPS=${CLASS_COOLDOWN_STEPS:-1000}
 export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
 TP=.venv/bin/thinkpix
@@ -32,9 +34,11 @@ for END in $T2I_CYCLE_ENDS; do
     "${PROMPTS[@]}"
 done
 # Class base: rectified flow (DDIM noise prediction still drew noise after 1000 steps on this budget).
-$TP pretrain --model dit-s --scheduler flow --train-data-dir $OUT/data-class --output-dir $OUT/class-flow \
-  --max-steps "$CLASS_STEPS" --lr-scheduler linear --lr-decay-steps "$CLASS_COOLDOWN_STEPS" --ema-decay 0.999 \
-  --batch-size 64 --checkpointing-steps 200 --validation-steps 400 --resume-from-checkpoint latest
+for END in $CLASS_CYCLE_ENDS; do
+  $TP pretrain --model dit-s --scheduler flow --train-data-dir $OUT/data-class --output-dir $OUT/class-flow \
+    --max-steps "$END" --lr-scheduler linear --lr-decay-steps "$CLASS_COOLDOWN_STEPS" --ema-decay 0.999 \
+    --batch-size 64 --checkpointing-steps 200 --validation-steps 400 --resume-from-checkpoint latest
+done
 
 # Ship in fp16 (half the bytes in the repo); load_pipeline upcasts to fp32 on load.
 ship() {

@@ -133,6 +133,7 @@ def test_guidance_interval_sweep_caches_chooses_at_the_protocol_scale_and_ships(
         assert shipped == (None if chosen == "1@4" else [0.0, 0.5])
     single = results["t2i"]["0.5@4"]["single_object"]
     assert single["images"] == 64 and 0 <= single["empty"] <= 1
-    stamp = (tmp_path / "work" / "t2i" / "h0.5-g4" / "result.json").stat().st_mtime_ns
-    assert guidance_interval.main(args) == 0  # a rerun reads every setting from the cache
-    assert (tmp_path / "work" / "t2i" / "h0.5-g4" / "result.json").stat().st_mtime_ns == stamp
+    cache = tmp_path / "work" / "t2i" / results["weights"]["t2i"] / "h0.5-g4" / "result.json"  # keyed by weights
+    stamp = cache.stat().st_mtime_ns
+    assert guidance_interval.main(args) == 0  # a rerun reads every setting from the cache, --ship changed nothing
+    assert cache.stat().st_mtime_ns == stamp
