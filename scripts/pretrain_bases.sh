@@ -52,7 +52,7 @@ ship $OUT/class-flow/pipeline src/thinkpix/assets/shapes-class
 
 # The noise levels where classifier-free guidance applies, chosen on training prompts and a selection seed
 # (docs/results/guidance_interval.md) and written into the T2I base's model_index.json. The class base keeps
-# guidance at every step: its sweep's differences were within the noise of 200 images.
+# guidance at every step, which its sweep chose.
 .venv/bin/python -m benchmarks.guidance_interval --work $OUT/guidance-interval --ship t2i
 # Shapes-GenEval and the class base's scores (docs/results/shapes_bases.md).
 .venv/bin/python -m benchmarks.base_quality --work $OUT/base-quality
