@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 ROUTINGS = ("learned", "random")
-DISPATCHES = ("sorted", "dense")
+DISPATCHES = ("sorted", "grouped", "dense")
 GATE_INPUTS = ("full", "tokens")
 HALTINGS = ("none", "delta", "confidence", "learned")
 HALT_UNITS = ("token", "sample")
@@ -60,7 +60,9 @@ class RSRConfig:
         remodulate: apply the block's own ``alpha * LN(.) + beta`` to the recursive state before
             every step after the first (Sec. 3.3 equations; Algorithm 1 omits it).
         dispatch: ``"sorted"`` (tokens sorted by expert, one matmul per expert segment: cost flat in
-            M) or ``"dense"`` (every expert computed and masked: the correctness reference).
+            M), ``"grouped"`` (the same results with static shapes and no host read: what ``sorted``
+            runs as under ``torch.compile``) or ``"dense"`` (every expert computed and masked: the
+            correctness reference, and the exact straight-through gradient for the gate).
         gate_input: ``"full"`` (tokens + timestep/condition + latent-step embedding, as in the paper)
             or ``"tokens"`` (tokens only: the Fig. 4 ablation).
         seed: seeds the initial weights, the Gumbel noise and random routing (offset by the layer index).

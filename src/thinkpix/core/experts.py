@@ -4,14 +4,18 @@ Each expert m owns A_m^{Q,K,V} (r x D) and B_m^{Q,K,V} (D_out x r) (paper Sec. 3
 on W_Q, W_K, W_V of the vision branch). The three A's of an expert are stored fused as one
 (D, 3r) matrix so that a token's low-rank code for Q, K and V comes from one matmul.
 
-Two dispatch paths compute the same function:
+Three dispatch paths compute the same function (kernels in ``dispatch.py``):
 
 * ``sorted`` (default): tokens are sorted by expert once per latent step (stable argsort and
   counts, as Punica / S-LoRA / vLLM do for multi-adapter batches), each expert runs one matmul on
-  its contiguous segment for Q, K and V together, and each piece is written straight back to token
-  order. Work is that of one LoRA, whatever M is; forward and backward are one autograd node
-  (``_GroupedLoRA``) writing into one buffer per tensor, so no M-fold buffers are allocated
+  its contiguous segment for Q, K and V together, and the result goes back to token order in one
+  gather. Work is that of one LoRA, whatever M is; forward and backward are one autograd node
+  (``SortedLoRA``) writing into one buffer per tensor, so no M-fold buffers are allocated
   (measured in ``benchmarks/dispatch.py``).
+* ``grouped``: the same outputs and gradients with static shapes and no host read in the traced
+  program, for ``torch.compile(fullgraph=True)`` and CUDA graphs. Under ``torch.compile`` a bank
+  configured ``sorted`` runs ``grouped`` (``torch.compiler.is_compiling()``), so compiling needs no
+  configuration change.
 * ``dense``: every expert runs on every token and the outputs are mixed by the routing weights.
   It costs M times as much and is the correctness reference; with the straight-through weights of
   the Gumbel-softmax it also gives the gate the *exact* straight-through gradient (see ``gate.py``).
@@ -25,63 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import DISPATCHES
-
-
-class _GroupedLoRA(torch.autograd.Function):
-    """The sorted dispatch as one autograd node (segment GEMMs in the style of Punica / S-LoRA).
-
-    Forward: gather x into expert order, one ``mm`` per expert into a shared (n, 3r) buffer, one ``bmm`` per
-    expert written straight to token order with ``index_copy_``. Backward: one gather of the output gradient,
-    then per expert ``mm``/``bmm`` with ``out=`` into one gradient buffer per parameter. Compared with composing
-    autograd ops per expert (the previous core, kept as ``sorted-v1`` in ``benchmarks/paths.py``) this has no
-    per-expert autograd nodes and no ``unbind`` backward stacking M expert gradients, which is what kept
-    M=8 within 1.15x of M=2 on short segments (``docs/results/dispatch*.md``).
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, a: Tensor, b: Tensor, order: Tensor, inverse: Tensor,
-                counts: list[int], scaling: float) -> Tensor:
-        # x (n, D), w (n,) selected routing weight, a (M, D, 3r), b (M, 3, r, D_out), all one dtype
-        n, rank = x.shape[0], b.shape[2]
-        with torch.autocast(x.device.type, enabled=False):  # out= matmuls: dtypes are fixed by the caller
-            xs, ws = x.index_select(0, order), w.index_select(0, order) * scaling
-            h, out = x.new_empty(n, a.shape[2]), x.new_empty(3, n, b.shape[3])
-            start = 0
-            for m, count in enumerate(counts):
-                if count:
-                    seg = slice(start, start + count)
-                    torch.mm(xs[seg], a[m], out=h[seg])  # (n_m, 3r)
-                    hw = (h[seg] * ws[seg, None]).view(count, 3, rank).transpose(0, 1)  # (3, n_m, r)
-                    out.index_copy_(1, order[seg], torch.bmm(hw, b[m]))  # (3, n_m, D_out) to token order
-                    start += count
-        ctx.save_for_backward(xs, ws, h, a, b, order, inverse)
-        ctx.counts, ctx.scaling = counts, scaling
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        xs, ws, h, a, b, order, inverse = ctx.saved_tensors
-        rank = b.shape[2]
-        with torch.autocast(grad.device.type, enabled=False):
-            gs = grad.to(h.dtype).index_select(1, order)  # (3, n, D_out) in expert order
-            da, db = a.new_empty(a.shape), b.new_empty(b.shape)
-            dhw, dxs = h.new_empty(h.shape), xs.new_empty(xs.shape)
-            start = 0
-            for m, count in enumerate(ctx.counts):
-                if not count:  # an idle expert gets a zero gradient (one tensor per bank, as DDP expects)
-                    da[m].zero_()
-                    db[m].zero_()
-                    continue
-                seg = slice(start, start + count)
-                start += count
-                hw = (h[seg] * ws[seg, None]).view(count, 3, rank).transpose(0, 1)  # (3, n_m, r), recomputed
-                torch.bmm(hw.transpose(1, 2), gs[:, seg], out=db[m])
-                dhw[seg].view(count, 3, rank).copy_(torch.bmm(gs[:, seg], b[m].transpose(1, 2)).transpose(0, 1))
-                dh = dhw[seg] * ws[seg, None]
-                torch.mm(xs[seg].t(), dh, out=da[m])
-                torch.mm(dh, a[m].t(), out=dxs[seg])
-            dw = (dhw * h).sum(1).mul_(ctx.scaling).index_select(0, inverse)  # d out / d w: the gate's gradient
-        return dxs.index_select(0, inverse), dw, da, db, None, None, None, None
+from .dispatch import SortedLoRA, grouped_lora, sort_by_expert
 
 
 class ExpertBank(nn.Module):
@@ -111,7 +59,7 @@ class ExpertBank(nn.Module):
             index: (B, N) chosen expert per token.
             weights: (B, N, M) routing weights; their value is one-hot on ``index`` and they carry the
                 gate's straight-through gradient.
-            dispatch: ``"sorted"`` or ``"dense"``.
+            dispatch: ``"sorted"``, ``"grouped"`` or ``"dense"``.
             active: optional (B, N) bool; tokens that are not active (halted) get a zero update and
                 cost nothing.
 
@@ -134,8 +82,14 @@ class ExpertBank(nn.Module):
         return out.view(3, *lead, self.out_features)
 
     def _dispatch(self, x2: Tensor, idx: Tensor, w: Tensor, dispatch: str) -> Tensor:
+        if dispatch == "sorted" and torch.compiler.is_compiling():
+            dispatch = "grouped"  # the sorted path's host read of the group sizes would break the graph
         if dispatch == "sorted":
             return self._sorted(x2, idx, w.gather(1, idx[:, None]).squeeze(1))
+        if dispatch == "grouped":
+            # the factors in the compute dtype (a no-op in fp32; the cast's backward returns fp32 gradients)
+            a, b = self.lora_A.to(x2.dtype), self.lora_B.to(x2.dtype)
+            return grouped_lora(x2, idx, w.gather(1, idx[:, None]).squeeze(1).to(x2.dtype), a, b, self.scaling)
         if dispatch == "dense":
             return self._dense(x2, w)
         raise ValueError(f"dispatch={dispatch!r} is invalid: allowed values are {DISPATCHES}")
@@ -147,16 +101,13 @@ class ExpertBank(nn.Module):
         return torch.bmm(h, b.to(h.dtype))  # (3, n_m, D_out)
 
     def _sorted(self, x: Tensor, idx: Tensor, w: Tensor) -> Tensor:
-        counts = torch.bincount(idx, minlength=self.num_experts).tolist()
+        order, inverse, counts = sort_by_expert(idx, self.num_experts)
         busy = [m for m, c in enumerate(counts) if c]
         if len(busy) == 1:  # all tokens on one expert: nothing to sort
             return self._segment(self.lora_A[busy[0]], self.lora_B[busy[0]], x, w)
-        order = torch.argsort(idx, stable=True)  # one sort, shared by Q, K and V
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
         # the factors in the compute dtype (a no-op in fp32; the cast's backward returns fp32 gradients)
         a, b = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)
-        return _GroupedLoRA.apply(x, w.to(x.dtype), a, b, order, inverse, counts, self.scaling)  # (3, n, D_out)
+        return SortedLoRA.apply(x, w.to(x.dtype), a, b, order, inverse, counts, self.scaling)  # (3, n, D_out)
 
     def _dense(self, x: Tensor, w: Tensor) -> Tensor:
         h = torch.einsum("nd,mdk->mnk", x, self.lora_A.to(x.dtype))  # (M, n, 3r): every expert on every token

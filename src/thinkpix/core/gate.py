@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import Tensor, nn
 
+from . import noise
+
 STEP_FREQUENCIES = 256  # width of the sinusoidal latent-step code before the MLP (as DiT's TimestepEmbedder)
 
 
@@ -85,6 +87,7 @@ class LatentStepGate(nn.Module):
         self.cond_proj = (nn.Identity() if cond_dim == dim else nn.Linear(cond_dim, dim)) if conditioned else None
         self.proj = nn.Linear(dim, num_experts) if routed else None
         self._generator: torch.Generator | None = None
+        self._noise_key = noise.register(self)  # the compile-friendly draws find this gate's generator by it
         if self.proj is not None:
             nn.init.normal_(self.proj.weight, std=0.02)  # near-uniform routing at the start
             nn.init.zeros_(self.proj.bias)
@@ -96,6 +99,10 @@ class LatentStepGate(nn.Module):
             self._generator = torch.Generator(device=device)
             self._generator.manual_seed(self.seed)
         return self._generator
+
+    def __setstate__(self, state) -> None:  # a copy (deepcopy, pickle) draws from its own generator
+        super().__setstate__(state)
+        self._noise_key = noise.register(self)
 
     def manual_seed(self, seed: int) -> None:
         self.seed = seed
@@ -128,7 +135,7 @@ class LatentStepGate(nn.Module):
             ones = x.new_ones(*lead, 1, dtype=torch.float32)
             return GateDecision(torch.zeros(lead, dtype=torch.long, device=x.device), ones, ones, None)
         if self.routing == "random" and forced is None:
-            index = torch.randint(m, lead, generator=self.generator(x.device), device=x.device)
+            index = noise.randint(x[..., 0].detach(), m, self._noise_key)
             probs = x.new_full((*lead, m), 1.0 / m, dtype=torch.float32)
             return GateDecision(index, F.one_hot(index, m).float(), probs, None)
         logits = self.proj(x if context is None else x + context).float()  # (B, N, M)
@@ -139,7 +146,7 @@ class LatentStepGate(nn.Module):
         if not self.training:
             index = logits.argmax(-1)
             return GateDecision(index, F.one_hot(index, m).float(), probs, logits)
-        expo = torch.empty_like(logits).exponential_(generator=self.generator(x.device))  # Exp(1)
+        expo = noise.exponential(logits.detach(), self._noise_key)  # Exp(1) from the gate's generator
         gumbel = -expo.clamp_min(torch.finfo(torch.float32).tiny).log()  # -log Exp(1) ~ Gumbel(0, 1), fp32
         soft = ((logits + gumbel) / self.tau).softmax(-1)
         index = soft.argmax(-1)

@@ -1,0 +1,126 @@
+"""RSR under ``torch.compile(fullgraph=True)`` and the compile-friendly ``grouped`` dispatch (issue 21)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from thinkpix import RSRConfig, apply_rsr, aux_loss, rsr_layers, rsr_parameters
+from thinkpix.core import dispatch
+from thinkpix.core.experts import ExpertBank
+from thinkpix.core.gate import LatentStepGate
+from tiny import dit_inputs, sd3_inputs, tiny_dit, tiny_sd3
+
+HOSTS = {"sd3": (tiny_sd3, sd3_inputs), "dit": (tiny_dit, dit_inputs)}
+
+
+def routed_step(bank: ExpertBank, x, idx, logits, dispatch_name: str, formulation: str | None, monkeypatch):
+    """Output and gradients (x, gate logits, A, B) of one bank call with straight-through weights."""
+    if formulation is not None:
+        monkeypatch.setattr(dispatch, "grouped_formulation", lambda *args: formulation)
+    x = x.detach().requires_grad_()
+    logits = logits.detach().requires_grad_()
+    bank.zero_grad(set_to_none=True)
+    soft = logits.softmax(-1)
+    weights = F.one_hot(idx, bank.num_experts).to(soft) + soft - soft.detach()
+    out = bank(x, idx, weights, dispatch_name)
+    (out.float() * torch.linspace(-1, 1, out.shape[-1])).square().sum().backward()
+    monkeypatch.undo()
+    return [t.float() for t in (out, x.grad, logits.grad, bank.lora_A.grad, bank.lora_B.grad)]
+
+
+@pytest.mark.parametrize("num_experts", [1, 2, 5])
+@pytest.mark.parametrize(("formulation", "dtype"), [("fused", torch.float32), ("segments", torch.float32),
+                                                    ("grouped_mm", torch.bfloat16), ("fused", torch.bfloat16)])
+def test_grouped_dispatch_equals_sorted_and_dense(num_experts, formulation, dtype, monkeypatch):
+    torch.manual_seed(0)
+    bank = ExpertBank(num_experts, 16, 32, 8, scaling=0.5).to(dtype)
+    torch.nn.init.normal_(bank.lora_B)
+    x = torch.randn(2, 40, 16, dtype=dtype)
+    idx = torch.randint(num_experts, (2, 40))
+    if num_experts > 2:
+        idx[idx == 1] = 0  # an idle expert: zero gradients, as sorted gives
+    logits = torch.randn(2, 40, num_experts)
+    sorted_ = routed_step(bank, x, idx, logits, "sorted", None, monkeypatch)
+    grouped = routed_step(bank, x, idx, logits, "grouped", formulation, monkeypatch)
+    dense = routed_step(bank, x, idx, logits, "dense", None, monkeypatch)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    for name, got, want in zip(("out", "dx", "dlogits", "dA", "dB"), grouped, sorted_):
+        torch.testing.assert_close(got, want, **tol, msg=f"{formulation} {name}")
+    # dense gives the same function and factor gradients; the gate gets dense's exact straight-through term
+    for name, i in (("out", 0), ("dx", 1), ("dA", 3), ("dB", 4)):
+        torch.testing.assert_close(grouped[i], dense[i], **tol, msg=f"{formulation} vs dense {name}")
+    if num_experts > 2:
+        assert grouped[3][1].abs().max() == 0 and grouped[3][0].abs().max() > 0
+
+
+def test_grouped_formulation_follows_the_shapes():
+    x = torch.zeros(64, 128)
+    assert dispatch.grouped_formulation(x, 4, 16, 128) == "fused"
+    assert dispatch.grouped_formulation(torch.zeros(4096, 1152), 5, 128, 1152) == "segments"  # CPU
+
+
+def test_gate_noise_is_the_generator_stream_and_copies_draw_their_own():
+    gate = LatentStepGate(8, 3, seed=7).train()
+    x = torch.randn(2, 5, 8)
+    first = gate(x).index
+    gate.manual_seed(7)
+    assert torch.equal(gate(x).index, first)
+    # the noise is exactly what exponential_ on a generator seeded like the gate draws (the eager stream)
+    gate.manual_seed(7)
+    logits = gate.proj(x).float()
+    expected = torch.empty_like(logits).exponential_(generator=torch.Generator().manual_seed(7))
+    gumbel = -expected.clamp_min(torch.finfo(torch.float32).tiny).log()
+    assert torch.equal(gate(x).index, (logits + gumbel).argmax(-1))
+    import copy
+
+    twin = copy.deepcopy(gate)
+    twin.manual_seed(7)
+    gate.manual_seed(7)
+    gate(x)  # advancing the original must not move the copy's stream
+    assert torch.equal(twin(x).index, first)
+
+
+def seed_gates(model, seed=3):
+    for i, proc in rsr_layers(model).items():
+        proc.rsr.gate.manual_seed(seed + i)
+
+
+def run(model, inputs, train: bool):
+    """Output, and in training the gradients of the RSR parameters of ``output.square().mean() + aux``."""
+    seed_gates(model)
+    torch.manual_seed(0)  # DiT's label dropout in train mode
+    params = rsr_parameters(model)
+    for p in params:
+        p.grad = None
+    if not train:
+        with torch.no_grad():
+            return model(**inputs).sample, []
+    out = model(**inputs).sample
+    (out.square().mean() + aux_loss(model)).backward()
+    return out.detach(), [p.grad.clone() for p in params]
+
+
+@pytest.mark.parametrize("host", ["sd3", "dit"])
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_fullgraph_compile_has_no_graph_break_and_equals_eager(host, train, tmp_path):
+    build, inputs = HOSTS[host]
+    model = build(tmp_path / host)
+    apply_rsr(model, RSRConfig(num_experts=3, latent_steps=3, rank=4, layers=(0, 3), balance_loss_weight=0.1))
+    with torch.no_grad():
+        for p in rsr_parameters(model):
+            p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
+    model.train(train)
+    data = inputs()
+    explained = torch._dynamo.explain(model)(**data)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    eager_out, eager_grads = run(model, data, train)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out, grads = run(compiled, data, train)
+    torch.testing.assert_close(out, eager_out, atol=1e-5, rtol=1e-5)
+    assert len(grads) == len(eager_grads)
+    for got, want in zip(grads, eager_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    if train:  # the routes were sampled (Gumbel noise), and the gate was trained by them
+        steps = next(iter(rsr_layers(model).values())).last_steps
+        assert steps[0].logits is not None and any(g.abs().sum() > 0 for g in grads)
