@@ -36,7 +36,7 @@ class Host(nn.Module):
     def base_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.qkv[0](x), self.qkv[1](x), self.qkv[2](x)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, None]:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, vision_only: bool = False) -> tuple[Tensor, None]:
         b, n, d = q.shape
         q, k, v = (t.view(b, n, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
         return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d), None

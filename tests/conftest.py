@@ -38,13 +38,14 @@ class TinyJointHost(nn.Module):
     def attend_fn(self, c):
         text = (self.add_q(c), self.add_k(c), self.add_v(c)) if self.with_text else None
 
-        def attend(q, k, v):
+        def attend(q, k, v, vision_only=False):  # vision_only: vision queries, keys and values of all tokens
             n = q.shape[1]
             if text is not None:
-                q, k, v = (torch.cat([a, b], dim=1) for a, b in zip((q, k, v), text))
+                k, v = (torch.cat([a, b], dim=1) for a, b in zip((k, v), text[1:]))
+                q = q if vision_only else torch.cat([q, text[0]], dim=1)
             out = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
             out = out.transpose(1, 2).flatten(2)
-            return out[:, :n], (out[:, n:] if text is not None else None)
+            return out[:, :n], (out[:, n:] if text is not None and not vision_only else None)
 
         return attend
 

@@ -10,7 +10,10 @@ block's own ``alpha * LN(.) + beta``:
     t = T:  [a_T ; c_T] = Attn(B_m* A_m* h_T + W^ x~ ; c~)         (frozen base W^ only at the last step)
 
 Only vision tokens are routed; the text Q/K/V are computed once by the host and reused at every
-step (Algorithm 1, line 8). The host passes them inside its ``attend`` callable.
+step (Algorithm 1, line 8). The host passes them inside its ``attend`` callable. An intermediate step
+uses only the vision rows of its attention output, so it asks ``attend`` for those alone
+(``vision_only=True``): queries of the vision tokens, keys and values of all tokens. Each query row's
+attention is independent of the others, so this is the same function with the text queries' work left out.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from .gate import GateDecision, LatentStepGate, balance_loss
 from .halting import HaltingHead, PonderMixture, halt_now
 
 QKV = tuple[Tensor, Tensor, Tensor]
-# attend(q, k, v) with vision projections (B, N, D) -> (vision output (B, N, D), text output or None)
-AttendFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor | None]]
+# attend(q, k, v, vision_only=False) with vision projections (B, N, D) -> (vision output (B, N, D), text output
+# or None); with vision_only=True the text rows are not computed and the text output is None
+AttendFn = Callable[..., tuple[Tensor, Tensor | None]]
 
 
 class RSRStep(NamedTuple):
@@ -142,7 +146,7 @@ class RecursiveSparseReasoning(nn.Module):
         if active is not None:
             keep = ~active[..., None]
             dk, dv = torch.where(keep, cache[0], dk), torch.where(keep, cache[1], dv)
-        vision, _ = attend(dq, dk, dv)
+        vision, _ = attend(dq, dk, dv, vision_only=True)  # the text rows of an intermediate step are unused
         new_state = vision + x
         if active is not None:
             new_state = torch.where(active[..., None], new_state, state)

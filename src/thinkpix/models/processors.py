@@ -116,13 +116,16 @@ class RSRJointAttnProcessor(RSRAttnProcessor):
                 ck = attn.norm_added_k(ck)
             text = (cq, ck, cv)
 
-        def attend(q: Tensor, k: Tensor, v: Tensor):
+        def attend(q: Tensor, k: Tensor, v: Tensor, vision_only: bool = False):
             q, k, v = self._vision_heads(attn, q, k, v)
+            joint = text is not None and not vision_only  # text query rows are computed only when used
             if text is not None:
-                q, k, v = torch.cat([q, text[0]], 2), torch.cat([k, text[1]], 2), torch.cat([v, text[2]], 2)
+                k, v = torch.cat([k, text[1]], 2), torch.cat([v, text[2]], 2)
+            if joint:
+                q = torch.cat([q, text[0]], 2)
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
             out = out.transpose(1, 2).reshape(batch, -1, attn.heads * out.shape[-1]).to(q.dtype)
-            return (out[:, :n], out[:, n:]) if text is not None else (out, None)
+            return (out[:, :n], out[:, n:]) if joint else (out, None)
 
         result = self._run(hidden_states, self._base_qkv(attn), attend)
         hidden = attn.to_out[1](attn.to_out[0](result.vision))
@@ -145,7 +148,7 @@ class RSRSelfAttnProcessor(RSRAttnProcessor):
             mask = attn.prepare_attention_mask(attention_mask, n, batch)
             mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
 
-        def attend(q: Tensor, k: Tensor, v: Tensor):
+        def attend(q: Tensor, k: Tensor, v: Tensor, vision_only: bool = False):  # no text rows here
             q, k, v = self._vision_heads(attn, q, k, v)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False)
             return out.transpose(1, 2).reshape(batch, -1, attn.heads * out.shape[-1]).to(q.dtype), None
