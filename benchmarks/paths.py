@@ -81,6 +81,11 @@ def sorted_path(c: Case) -> Tensor:
     return c.bank(c.x, c.idx, c.w, "sorted")
 
 
+def grouped_path(c: Case) -> Tensor:
+    """The core's compile-friendly path: ``ExpertBank(dispatch="grouped")`` (static shapes, no host read)."""
+    return c.bank(c.x, c.idx, c.w, "grouped")
+
+
 def dense_path(c: Case) -> Tensor:
     """The core's reference: ``ExpertBank(dispatch="dense")``, every expert on every token."""
     return c.bank(c.x, c.idx, c.w, "dense")
@@ -245,6 +250,7 @@ def attn_order_path(c: Case) -> tuple[Tensor, Tensor]:
 PATHS: dict[str, Callable[[Case], Output]] = {
     "single": single_path,
     "sorted": sorted_path,
+    "grouped": grouped_path,
     "dense": dense_path,
     "loop": loop_path,
     "grouped_mm": grouped_mm_path,

@@ -15,9 +15,13 @@ INCLUDES = {
     "single": "one plain LoRA on Q/K/V of the same shape: `x @ A (D, 3r)`, scale, `bmm` with B (3, r, D). "
               "The reference of every ratio.",
     "sorted": "the core, `ExpertBank(dispatch=\"sorted\")`: bincount, stable argsort, then the whole dispatch "
-              "as one autograd Function (`_GroupedLoRA`): gather of x, one `mm` + `bmm` per busy expert written "
-              "to token order with `index_copy_`; backward: one gather, per-expert `mm`/`bmm` with `out=` into "
-              "one gradient buffer per parameter.",
+              "as one autograd Function (`SortedLoRA`; `_GroupedLoRA` before issue 21): gather of x, one `mm` + "
+              "`bmm` per busy expert into one expert-order buffer, one gather to token order (each piece was "
+              "written with `index_copy_` before issue 21); backward: one gather, per-expert `mm`/`bmm` with "
+              "`out=` into one gradient buffer per parameter.",
+    "grouped": "the core's compile-friendly path, `ExpertBank(dispatch=\"grouped\")` (issue 21): static shapes, "
+               "no host read in the traced program; at these sizes on CPU the sorted segment GEMMs inside one "
+               "opaque custom op (`thinkpix::segment_lora`, its backward op recomputes the gather of x).",
     "dense": "the core's reference, `ExpertBank(dispatch=\"dense\")`: every expert on every token (M x the work).",
     "loop": "peer: Python loop over experts, boolean mask per expert, `out[:, mask] = ...` into zeros.",
     "grouped_mm": "peer: sorted tokens, `torch.nn.functional.grouped_mm` for A (one call) and B (one per "
