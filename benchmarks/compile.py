@@ -39,7 +39,8 @@ def dit_host(width_heads: int, layers: int, batch: int) -> Host:
     def inputs(device, dtype):
         g = torch.Generator().manual_seed(0)
         return dict(hidden_states=torch.randn(batch, 4, 32, 32, generator=g).to(device, dtype),
-                    timestep=torch.tensor([500] * batch, device=device), class_labels=torch.arange(batch, device=device))
+                    timestep=torch.tensor([500] * batch, device=device),
+                    class_labels=torch.arange(batch, device=device))
 
     return Host(f"DiT, D={64 * width_heads}, {layers} blocks, 256 tokens, batch {batch}",
                 lambda: DiTTransformer2DModel(**config), inputs, layers // 2, 32, "attn1")

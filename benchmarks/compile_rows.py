@@ -142,8 +142,9 @@ def paired(times: dict, a: tuple, b: tuple) -> float:
 
 def table(variants: list[Variant], times: dict, diffs: dict, memory: dict | None = None) -> list[str]:
     """Markdown rows: per variant, ratios compiled / eager and variant / base (eager and compiled)."""
-    head = ["variant", "fwd: compiled / eager", "train: compiled / eager", "fwd vs base: eager", "fwd vs base: compiled",
-            "train vs base: eager", "train vs base: compiled", "max abs(compiled - eager), fwd", "compile s (fwd, train)"]
+    head = ["variant", "fwd: compiled / eager", "train: compiled / eager", "fwd vs base: eager",
+            "fwd vs base: compiled", "train vs base: eager", "train vs base: compiled",
+            "max abs(compiled - eager), fwd", "compile s (fwd, train)"]
     if memory is not None:
         head += ["peak GiB fwd eager / compiled", "peak GiB train eager / compiled"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -29,14 +29,11 @@ from diffusers import DiTTransformer2DModel, SD3Transformer2DModel
 
 from benchmarks.common import command_line
 from benchmarks.compile_rows import MODES, VARIANTS, Host, build_variants, compile_all, measure, step, table
+from benchmarks.overhead import DIT_XL_2 as DIT_XL
+from benchmarks.overhead import SD3_MEDIUM
 from thinkpix.core import dispatch
 from thinkpix.core.experts import ExpertBank
 
-DIT_XL = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
-              sample_size=32, patch_size=2, num_embeds_ada_norm=1000)
-SD3_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
-                  num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
-                  pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192)
 # the smoke mode: the same classes at test size
 DIT_TINY = dict(DIT_XL, num_attention_heads=2, attention_head_dim=8, num_layers=2, sample_size=8)
 SD3_TINY = dict(SD3_MEDIUM, sample_size=16, num_layers=2, attention_head_dim=8, num_attention_heads=2,
@@ -150,7 +147,7 @@ def dispatch_section(device, dtype, tokens: int, dim: int, rank: int, experts: l
             for k, fn in rows[m].items():
                 times[(m, k)].append(timer(fn))
     lines = ["| M | grouped formulation | max abs(grouped - sorted) | sorted ms | grouped / sorted | "
-             "grouped compiled / sorted | grouped: M / M=2 | grouped compiled: M / M=2 |", "|---|---|---|---|---|---|---|---|"]
+             "grouped compiled / sorted | grouped: M / M=2 | grouped compiled: M / M=2 |", "|" + "---|" * 8]
     first = experts[0]
     for m in rows:
         def med(k, mm=m):
