@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# ``fused`` when M x the LoRA multiply-adds stay under this: on 1 CPU thread (torch 2.13) its two launches
-# beat the sort, gathers and per-expert GEMMs up to about this size (``benchmarks/compile.py`` measures it).
-FUSED_MAX_WORK = 2**25
+# ``fused`` only where launches are all there is (test-size models): M x the work grows fast, and already at the
+# Shapes host's size (n=1024, D=128, r=16, M=4: 2^25 multiply-adds) it took 1.5x the CPU time of ``segments``
+# in eager on one thread (torch 2.13; n=512: 1.45x).
+FUSED_MAX_WORK = 2**20
 GROUPED_MM_DEVICES = ("cuda",)
 GROUPED_MM_DTYPES = (torch.bfloat16, torch.float16)
 
