@@ -373,15 +373,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)  # today's sys.stderr, not the one at set-up
+
+
 def _log_to_stderr(command: str) -> None:
     """thinkpix's notices (a resume, a fallback, a clean-up) as one ``thinkpix <command>:`` line each."""
     logger = logging.getLogger("thinkpix")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"thinkpix {command}: %(message)s"))
-        logger.addHandler(handler)
+    for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter(f"thinkpix {command}: %(message)s"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
-        logger.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

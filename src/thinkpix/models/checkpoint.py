@@ -19,6 +19,7 @@ from torch import nn
 
 from ..core.config import RSRConfig
 from ..core.recursion import RecursiveSparseReasoning
+from ..files import publish_mode
 from .hosts import _require_install, apply_rsr, check_layers, check_supported, remove_rsr, rsr_install, rsr_layers
 
 CONFIG_NAME = "rsr_config.json"
@@ -31,6 +32,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        publish_mode(tmp)  # mkstemp makes it 0600; the checkpoint is an ordinary file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
