@@ -60,7 +60,7 @@ def _from_pretrained(load, source: str, **kwargs):
         return load(source, use_safetensors=True, **kwargs)
     except (OSError, SafetensorError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot load the pipeline {source}: {message}") from None
+        raise UserError(f"cannot load the pipeline {source} (safetensors weights only): {message}") from None
 
 
 def load_pipeline(name_or_path: str | Path, torch_dtype: torch.dtype = torch.float32):
