@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .errors import notices_to_stderr
 
 TRAIN_FIELDS = ("num_experts", "latent_steps", "rank", "gumbel_tau", "routing", "gate_input", "balance_loss_weight",
                 "halting", "halt_threshold", "ponder_weight", "learning_rate", "lr_scheduler",
@@ -373,30 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _StderrHandler(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        print(self.format(record), file=sys.stderr)  # today's sys.stderr, not the one at set-up
-
-
-def _log_to_stderr(command: str) -> None:
-    """thinkpix's notices (a resume, a fallback, a clean-up) as one ``thinkpix <command>:`` line each."""
-    logger = logging.getLogger("thinkpix")
-    for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
-        logger.removeHandler(handler)
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter(f"thinkpix {command}: %(message)s"))
-    logger.addHandler(handler)
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; bad input (``UserError`` and other ``ValueError``, filesystem errors) prints one line and
     returns 2, Ctrl-C prints one line (with the resume command for training) and returns 130. Other
     exceptions are bugs and keep their traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    _log_to_stderr(args.command)
+    notices_to_stderr(f"thinkpix {args.command}")
     try:
         return args.func(args)
     except KeyboardInterrupt as err:
