@@ -22,10 +22,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import UserError, check_positive_int
+from ..images import to_uint8
+from ..pipelines import TrainTarget, check_sampling_args
 from ..shapes.metadata import validate_metadata
 from ..shapes.score import GenEvalResult, score_image, summarize
-from ..train.targets import TrainTarget, check_sampling_args
-from ..train.validation import to_uint8
 
 logger = logging.getLogger(__name__)
 

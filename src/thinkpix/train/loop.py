@@ -25,11 +25,13 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from ..analysis.stats import step_stats
 from ..core.config import RSRConfig
+from ..core.stats import step_stats
 from ..errors import UserError
+from ..images import save_grid
 from ..models import apply_rsr, aux_loss, rsr_layers, save_rsr, set_step_checkpointing
 from ..models.checkpoint import rsr_state_dict
+from ..pipelines import TrainTarget
 from .config import TrainConfig
 from .data import ImageDataset, batch_indices
 from .interrupt import StopRequest, TrainingInterrupted
@@ -46,8 +48,6 @@ from .state import (
     resolve_resume,
     save_checkpoint,
 )
-from .targets import TrainTarget
-from .validation import save_grid
 
 logger = logging.getLogger(__name__)
 
