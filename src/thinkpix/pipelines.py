@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from torch import Tensor
 
-from ..errors import UserError, check_positive_int
+from .errors import UserError, check_positive_int
 
 TEXT_PIPELINES = ("StableDiffusion3Pipeline", "ShapesTextToImagePipeline")
 CLASS_PIPELINES = ("DiTPipeline", "ShapesClassPipeline")
