@@ -230,12 +230,17 @@ def test_ctrl_c_saves_a_checkpoint_prints_the_resume_command_and_exits_130(dit, 
     cmd = [sys.executable, "-m", "thinkpix.cli", "finetune", "--pretrained-model-name-or-path", str(dit[0]),
            "--train-data-dir", str(dit[1]), "--output-dir", str(out), "--rank", "4", "--layers", "1",
            "--batch-size", "4", "--max-steps", "100000", "--checkpointing-steps", "2", "--report-to", "none"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while not (out / "checkpoints" / "checkpoint-2").is_dir() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:  # files: no pipe to fill
+        proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr, text=True)
+        deadline = time.time() + 300
+        while not (out / "checkpoints" / "checkpoint-2").is_dir() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=180)
+        finally:
+            proc.kill()
+    stdout, stderr = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
     assert proc.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr and stdout.strip() == ""
     lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.startswith("thinkpix finetune:")]
