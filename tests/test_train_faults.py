@@ -21,7 +21,7 @@ from test_train_engine import class_folder
 from thinkpix.cli import main
 from thinkpix.train import TrainConfig, TrainTarget, load_image_folder, load_pipeline, train
 from thinkpix.train.outdir import claim_output_dir
-from thinkpix.train.state import list_checkpoints
+from thinkpix.train.state import check_resume_config, list_checkpoints
 from tiny import tiny_dit_pipeline
 
 SMALL = dict(rank=4, num_experts=2, latent_steps=2, layers=(1,), batch_size=4, learning_rate=1e-2)
@@ -147,6 +147,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(dit, trained, tmp_path):
     shutil.copytree(trained, out)
     with pytest.raises(ValueError, match=r"trained with latent_steps=2, this run has latent_steps=3"):
         run(dit, out, resume="latest", latent_steps=3, max_steps=3)
+    check_resume_config(out, {"method": "rsr", "layers": "middle"}, TrainConfig(layers=(2,)), 4)  # the same blocks
     state_path = out / "checkpoints" / "checkpoint-2" / "state.json"
     state = json.loads(state_path.read_text())
     state["config"]["rank"] = 8  # a config that claims to fit, over tensors that do not
@@ -252,3 +253,19 @@ def test_ctrl_c_saves_a_checkpoint_prints_the_resume_command_and_exits_130(dit, 
     assert saved.parent == out / "checkpoints" and step >= 2  # the steps since the last checkpoint are kept
     result = run(dit, out, resume="latest", max_steps=step + 1, checkpointing_steps=2)
     assert result.resumed_from == saved and result.step == step + 1
+
+
+def test_a_second_ctrl_c_interrupts_at_once_and_the_resume_command_replaces_resume_flags():
+    from thinkpix.train.interrupt import StopRequest, resume_command
+
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # the first one only asks the loop to stop after its step
+        assert stop.flag
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    argv = ["finetune", "--output-dir", "runs/x", "--resume-from-checkpoint=checkpoint-2", "--overwrite-output-dir",
+            "--resume_from_checkpoint", "latest", "--max-steps", "9"]
+    assert resume_command(argv) == ("thinkpix finetune --output-dir runs/x --max-steps 9 "
+                                    "--resume-from-checkpoint latest")

@@ -185,7 +185,7 @@ class _Run:
             return 0
         shapes = {name: tuple(p.shape) for name, p in self.named.items()}
         meta, tensors, ema_tensors = load_checkpoint(path, self.optimizer, shapes)
-        check_resume_config(path, meta["config"], self.cfg.to_dict())
+        check_resume_config(path, meta["config"], self.cfg, len(self.target.transformer.transformer_blocks))
         shard_optimizer_state(self.optimizer)
         load_into(self.named, tensors)
         step = meta["step"]

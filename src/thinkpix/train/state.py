@@ -15,12 +15,14 @@ optimizer and the step are all that a bit-identical resume needs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
 from ..files import publish_mode
+from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -166,13 +169,21 @@ def resolve_resume(folder: str | Path, resume: str | None) -> Path | None:
     return path
 
 
-def check_resume_config(path: Path, saved: dict, config: dict) -> None:
-    """Refuse a resume whose config changes a field that shapes the model (``MODEL_FIELDS``)."""
-    for name in MODEL_FIELDS.get(config.get("method"), ("method",)):
-        if name in saved and saved[name] != config.get(name):
-            raise UserError(f"checkpoint {path} was trained with {name}={saved[name]!r}, this run has "
-                            f"{name}={config.get(name)!r}: resume with the same {name}, or start a new run in "
-                            "another --output-dir")
+def check_resume_config(path: Path, saved: dict, config: TrainConfig, num_blocks: int) -> None:
+    """Refuse a resume whose config changes a field that shapes the model (``MODEL_FIELDS``); layers are
+    compared as block indices of this ``num_blocks``-block transformer ("middle" and its index agree)."""
+    current = config.to_dict()
+    for name in MODEL_FIELDS.get(config.method, ("method",)):
+        if name not in saved:
+            continue
+        then, now = saved[name], current[name]
+        if name == "layers":
+            with contextlib.suppress(ValueError):
+                then = list(replace(config, layers=then).block_indices(num_blocks))
+            now = list(config.block_indices(num_blocks))
+        if then != now:
+            raise UserError(f"checkpoint {path} was trained with {name}={then!r}, this run has {name}={now!r}: "
+                            f"resume with the same {name}, or start a new run in another --output-dir")
 
 
 def _check_fits(path: Path, tensors: dict[str, torch.Tensor], shapes: dict[str, tuple], what: str) -> None:
