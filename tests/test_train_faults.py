@@ -224,6 +224,10 @@ def test_only_the_main_process_prints_the_report(dit, tmp_path, capsys, monkeypa
     assert capsys.readouterr().out.strip() == ""
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_saves_a_checkpoint_prints_the_resume_command_and_exits_130(dit, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
@@ -232,7 +236,8 @@ def test_ctrl_c_saves_a_checkpoint_prints_the_resume_command_and_exits_130(dit, 
            "--train-data-dir", str(dit[1]), "--output-dir", str(out), "--rank", "4", "--layers", "1",
            "--batch-size", "4", "--max-steps", "100000", "--checkpointing-steps", "2", "--report-to", "none"]
     with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:  # files: no pipe to fill
-        proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr, text=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr, text=True,  # as a terminal starts it:
+                                preexec_fn=_sigint_default)  # an ignored SIGINT would be inherited
         deadline = time.time() + 300
         while not (out / "checkpoints" / "checkpoint-2").is_dir() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.2)
@@ -258,13 +263,17 @@ def test_ctrl_c_saves_a_checkpoint_prints_the_resume_command_and_exits_130(dit, 
 def test_a_second_ctrl_c_interrupts_at_once_and_the_resume_command_replaces_resume_flags():
     from thinkpix.train.interrupt import StopRequest, resume_command
 
-    with StopRequest() as stop:
-        os.kill(os.getpid(), signal.SIGINT)  # the first one only asks the loop to stop after its step
-        assert stop.flag
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, as in a terminal
+    try:
+        with StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGINT)  # the first one only asks the loop to stop after its step
+            assert stop.flag
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
     argv = ["finetune", "--output-dir", "runs/x", "--resume-from-checkpoint=checkpoint-2", "--overwrite-output-dir",
             "--resume_from_checkpoint", "latest", "--max-steps", "9"]
     assert resume_command(argv) == ("thinkpix finetune --output-dir runs/x --max-steps 9 "
