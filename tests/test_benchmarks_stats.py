@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-
+from benchmarks.shapes_rows import mean_ci
 from benchmarks.stats import (
     Cells,
     compare_verdicts,
@@ -14,7 +14,6 @@ from benchmarks.stats import (
     row_interval,
     seed_comparison,
 )
-from benchmarks.shapes_rows import mean_ci
 
 PROMPTS = {"single_object": 4, "two_object": 12, "counting": 4, "colors": 8, "position": 12, "color_attr": 46}
 SAMPLES = {"single_object": 46, "two_object": 16, "counting": 46, "colors": 23, "position": 16, "color_attr": 4}

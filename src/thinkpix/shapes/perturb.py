@@ -6,13 +6,14 @@ each other or the border) and an image drawn from them by :func:`draw` with the 
 shapes, colours and boxes; bars, specks and cut shapes are no objects; off-palette objects have unknown colour).
 
 Families (:data:`ROBUSTNESS` keep the scene's meaning, :data:`STRICTNESS` add what is not a world shape):
-``clean``, ``wobble`` and ``heavy wobble`` (outline lumps of a pixel, :data:`WOBBLE`), ``tilt`` (5-10 degrees), ``antialias``, ``jpeg`` (quality
-70-90, 4:2:0 chroma), ``noise`` (Gaussian, sd 8-16), ``blur`` (Gaussian, sd 0.4-0.7 px), ``occlusion`` (a bite
-of up to 15% of one object), ``touching`` (two objects moved until they touch), ``border`` (an object moved
-against the border), ``model-like`` (wobble, tilt, antialias and JPEG together); ``bar`` (2-3.5 times as long as wide), ``ellipse`` (1.8-2.5),
-``speck``, ``half-shape`` (cut in half by the border), ``off-palette`` (an object in purple, orange or grey) and
-``same-colour touching``. Each case is drawn twice: from a matching (metadata, scene) pair and from one
-corrupted by :func:`~thinkpix.shapes.accuracy.corrupt` (or, for strictness families, with the needed object
+``clean``, ``wobble`` and ``heavy wobble`` (outline lumps of a pixel, :data:`WOBBLE`), ``tilt`` (5-10 degrees),
+``antialias``, ``jpeg`` (quality 70-90, 4:2:0 chroma), ``noise`` (Gaussian, sd 8-16), ``blur`` (Gaussian, sd
+0.4-0.7 px), ``occlusion`` (a bite of up to 15% of one object), ``touching`` (two objects moved until they
+touch), ``border`` (an object moved against the border), ``model-like`` (wobble, tilt, antialias and JPEG
+together); ``bar`` (2-3.5 times as long as wide), ``ellipse`` (1.8-2.5), ``speck``, ``half-shape`` (cut in half
+by the border), ``off-palette`` (an object in purple, orange or grey) and ``same-colour touching``. Each case is
+drawn twice: from a matching (metadata, scene) pair and from one corrupted by
+:func:`~thinkpix.shapes.accuracy.corrupt` (or, for strictness families, with the needed object
 replaced by the distractor), so each family reports accept rates on correct and on corrupted scenes.
 """
 
@@ -38,8 +39,8 @@ OFF_PALETTE = {"purple": (128, 0, 255), "orange": (255, 128, 0), "grey": (128, 1
 WOBBLE = {"wobble": 0.06, "model-like": 0.06, "heavy wobble": 0.12}
 """Share of outline pixels toggled: "wobble" is a lump every ~4 px of outline at 32x32; "heavy wobble" doubles it
 (a stress test beyond the acceptance bar: an 8-px circle then often looks as much like a diamond)."""
-ROBUSTNESS = ("clean", "wobble", "heavy wobble", "tilt", "antialias", "jpeg", "noise", "blur", "occlusion", "touching", "border",
-              "model-like")
+ROBUSTNESS = ("clean", "wobble", "heavy wobble", "tilt", "antialias", "jpeg", "noise", "blur", "occlusion",
+              "touching", "border", "model-like")
 STRICTNESS = ("bar", "ellipse", "speck", "half-shape", "off-palette", "same-colour touching")
 FAMILIES = ROBUSTNESS + STRICTNESS
 
