@@ -22,10 +22,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from thinkpix.eval.geneval import generate_geneval, score_geneval_images
-from thinkpix.shapes.score import GenEvalResult, summarize
 from thinkpix.models import routing_trace, rsr_parameters
 from thinkpix.models.hosts import rsr_install
 from thinkpix.pipelines import SHIPPED
+from thinkpix.shapes.score import GenEvalResult, summarize
 from thinkpix.train import TrainTarget, load_image_folder, load_pipeline, preset, train
 
 
