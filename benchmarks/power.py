@@ -78,7 +78,9 @@ def power_section(t2i: dict[str, list[dict]]) -> list[str]:
              "that matter most, for the budget the rows above used and for larger designs under Shapes-GenEval v2 "
              "(`thinkpix.shapes.protocol`). Produced by `benchmarks/power.py` from the cached rows (model and "
              "assumptions in its docstring: sampling noise of independent rows, so upper bounds for v2's paired "
-             "images; seed effect estimated from the rows).", ""]
+             "images; seed effect estimated from the rows). The rows' accuracies come from the detector they were "
+             "scored with when they ran (before the rewrite described in `shapes_scorer.md`); the rows cache scores, "
+             "not images, so they cannot be rescored without sampling again.", ""]
     for name, c in parts.items():
         lines.append(f"- {name}: seeds' observed sd of the overall difference {c['observed_sd']:.2f} points "
                      f"({c['seeds']} seeds); the v1 sampling sd of independent rows {c['v1_sampling_sd']:.2f} "
