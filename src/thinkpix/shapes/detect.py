@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from thinkpix.shapes.render import shape_inside
+from thinkpix.shapes.render import shape_inside, shape_mask
 from thinkpix.shapes.scene import COLORS, SHAPES, SIZES, extent_for
 
 FOREGROUND_LEVEL = 100
@@ -152,9 +152,21 @@ def elongation(mask: np.ndarray) -> float:
     return float(np.sqrt(eig[1] / max(eig[0], 1e-9)))
 
 
+def _exact_template(box_mask: np.ndarray) -> str | None:
+    """The shape whose rendered mask (:func:`~thinkpix.shapes.render.shape_mask`) the square crop equals pixel
+    for pixel: clean renders skip the fit (their fitted IoU would be about 1 anyway)."""
+    height, width = box_mask.shape
+    if height != width:
+        return None
+    return next((shape for shape in SHAPES if np.array_equal(box_mask, shape_mask(shape, width, height))), None)
+
+
 def fit_shape(mask: np.ndarray) -> tuple[str, float]:
     """Best ``(shape, IoU)`` of outlines fitted to a boolean mask (in image coordinates; see step 4)."""
     ys, xs = np.nonzero(mask)
+    exact = _exact_template(mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
+    if exact is not None:
+        return exact, 1.0
     area = len(xs)
     top, left = max(ys.min() - 4, 0), max(xs.min() - 4, 0)
     crop = mask[top : ys.max() + 5, left : xs.max() + 5]
