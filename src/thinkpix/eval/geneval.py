@@ -18,17 +18,22 @@ work on.
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..errors import UserError, check_positive_int
 from ..images import to_uint8
-from ..pipelines import TrainTarget
+from ..pipelines import TrainTarget, check_sampling_args
 from ..shapes.metadata import validate_metadata
 from ..shapes.protocol import get_protocol
 from ..shapes.score import GenEvalResult, score_image, summarize
+
+logger = logging.getLogger(__name__)
 
 
 def generate_geneval(target: TrainTarget, records: list[dict], out: str | Path, samples: int = 4, seed: int = 0,
@@ -39,6 +44,7 @@ def generate_geneval(target: TrainTarget, records: list[dict], out: str | Path, 
     offset of its first image, so a run is reproducible for a given ``batch_size``.
     """
     out = Path(out)
+    start_prompt_folders(out, len(records), samples, steps, guidance_scale, batch_size)
     for i, record in enumerate(records):
         folder = out / f"{i:05d}"
         (folder / "samples").mkdir(parents=True, exist_ok=True)
@@ -61,6 +67,7 @@ def sample_prompt_folders(target: TrainTarget, prompts: list[str], out: Path, sa
             Image.fromarray(image).save(out / f"{i:05d}" / "samples" / f"{n:05d}.png")
 
 
+<<<<<<< HEAD
 def generate_protocol(target: TrainTarget, protocol: str, out: str | Path, seed: int = 0, steps: int = 20,
                       guidance_scale: float = 4.0, batch_size: int = 32, progress: bool = True) -> Path:
     """Sample the Shapes-GenEval ``protocol`` (``v1`` or ``v2``) into the GenEval layout at ``out``.
@@ -95,6 +102,35 @@ def _index(name: str) -> int | str:
 def score_geneval_images(folder: str | Path, **detect_kwargs) -> list[dict]:
     """One verdict per image of a GenEval folder: ``{"prompt_index", "sample_index", "tag", "prompt", "correct"}``,
     in folder order (prompt folders and sample files sorted by name)."""
+=======
+def start_prompt_folders(out: Path, prompts: int, samples: int, steps: int, guidance_scale: float,
+                         batch_size: int) -> None:
+    """Check the settings of a GenEval / DPG generation into ``out`` before anything is written, and delete
+    what an earlier, larger run left there that this one would not overwrite (``<index>/`` folders with
+    ``index >= prompts``, ``samples/<n>.png`` with ``n >= samples``), saying so: a score never mixes runs."""
+    if prompts < 1:
+        raise UserError("no prompts to generate (check --limit / --num-prompts)")
+    check_sampling_args(steps, guidance_scale)
+    check_positive_int(samples, "--samples")
+    check_positive_int(batch_size, "batch_size")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    stale = [p for p in out.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) >= prompts]
+    images = [f for i in range(prompts) for f in (out / f"{i:05d}" / "samples").glob("*.png")
+              if not f.stem.isdigit() or int(f.stem) >= samples]
+    for folder in stale:
+        shutil.rmtree(folder)
+    for image in images:
+        image.unlink()
+    if stale or images:
+        logger.warning("removed %d prompt folder(s) and %d sample(s) of an earlier run from %s", len(stale),
+                       len(images), out)
+
+
+def score_geneval_folder(folder: str | Path) -> tuple[dict[str, float], list[GenEvalResult]]:
+    """Score every ``<index>/samples/*.png`` against its ``metadata.jsonl``: (per-tag and overall, results)."""
+>>>>>>> main
     folder = Path(folder)
     prompt_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and (p / "metadata.jsonl").is_file())
     if not prompt_dirs:
