@@ -67,42 +67,6 @@ def sample_prompt_folders(target: TrainTarget, prompts: list[str], out: Path, sa
             Image.fromarray(image).save(out / f"{i:05d}" / "samples" / f"{n:05d}.png")
 
 
-<<<<<<< HEAD
-def generate_protocol(target: TrainTarget, protocol: str, out: str | Path, seed: int = 0, steps: int = 20,
-                      guidance_scale: float = 4.0, batch_size: int = 32, progress: bool = True) -> Path:
-    """Sample the Shapes-GenEval ``protocol`` (``v1`` or ``v2``) into the GenEval layout at ``out``.
-
-    ``v1`` is :func:`generate_geneval` with 2 samples a prompt, exactly as before. ``v2`` gives every image its
-    own generator seeded by :func:`~thinkpix.shapes.protocol.image_seed` ``(seed, prompt, sample index)``, so the
-    same image of two rows starts from the same noise whatever ``batch_size`` is.
-    """
-    spec = get_protocol(protocol)
-    if not spec.per_image_noise:
-        return generate_geneval(target, spec.records(), out, samples=spec.samples, seed=seed, steps=steps,
-                                guidance_scale=guidance_scale, batch_size=batch_size, progress=progress)
-    out = Path(out)
-    for i, record in enumerate(spec.records()):
-        (out / f"{i:05d}" / "samples").mkdir(parents=True, exist_ok=True)
-        (out / f"{i:05d}" / "metadata.jsonl").write_text(json.dumps(record) + "\n")
-    jobs = spec.jobs(seed)
-    for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc=f"geneval {protocol}",
-                      unit="batch"):
-        batch = jobs[start : start + batch_size]
-        images = to_uint8(target.sample([job.metadata["prompt"] for job in batch], seed=[j.noise_seed for j in batch],
-                                        steps=steps, guidance_scale=guidance_scale))
-        for job, image in zip(batch, images):
-            Image.fromarray(image).save(out / f"{job.prompt_index:05d}" / "samples" / f"{job.sample_index:05d}.png")
-    return out
-
-
-def _index(name: str) -> int | str:
-    return int(name) if name.isdigit() else name
-
-
-def score_geneval_images(folder: str | Path, **detect_kwargs) -> list[dict]:
-    """One verdict per image of a GenEval folder: ``{"prompt_index", "sample_index", "tag", "prompt", "correct"}``,
-    in folder order (prompt folders and sample files sorted by name)."""
-=======
 def start_prompt_folders(out: Path, prompts: int, samples: int, steps: int, guidance_scale: float,
                          batch_size: int) -> None:
     """Check the settings of a GenEval / DPG generation into ``out`` before anything is written, and delete
@@ -128,9 +92,42 @@ def start_prompt_folders(out: Path, prompts: int, samples: int, steps: int, guid
                        len(images), out)
 
 
-def score_geneval_folder(folder: str | Path) -> tuple[dict[str, float], list[GenEvalResult]]:
-    """Score every ``<index>/samples/*.png`` against its ``metadata.jsonl``: (per-tag and overall, results)."""
->>>>>>> main
+def generate_protocol(target: TrainTarget, protocol: str, out: str | Path, seed: int = 0, steps: int = 20,
+                      guidance_scale: float = 4.0, batch_size: int = 32, progress: bool = True) -> Path:
+    """Sample the Shapes-GenEval ``protocol`` (``v1`` or ``v2``) into the GenEval layout at ``out``.
+
+    ``v1`` is :func:`generate_geneval` with 2 samples a prompt, exactly as before. ``v2`` gives every image its
+    own generator seeded by :func:`~thinkpix.shapes.protocol.image_seed` ``(seed, prompt, sample index)``, so the
+    same image of two rows starts from the same noise whatever ``batch_size`` is.
+    """
+    spec = get_protocol(protocol)
+    if not spec.per_image_noise:
+        return generate_geneval(target, spec.records(), out, samples=spec.samples, seed=seed, steps=steps,
+                                guidance_scale=guidance_scale, batch_size=batch_size, progress=progress)
+    out = Path(out)
+    start_prompt_folders(out, len(spec.records()), max(spec.samples_per_prompt().values()), steps, guidance_scale,
+                         batch_size)
+    for i, record in enumerate(spec.records()):
+        (out / f"{i:05d}" / "samples").mkdir(parents=True, exist_ok=True)
+        (out / f"{i:05d}" / "metadata.jsonl").write_text(json.dumps(record) + "\n")
+    jobs = spec.jobs(seed)
+    for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc=f"geneval {protocol}",
+                      unit="batch"):
+        batch = jobs[start : start + batch_size]
+        images = to_uint8(target.sample([job.metadata["prompt"] for job in batch], seed=[j.noise_seed for j in batch],
+                                        steps=steps, guidance_scale=guidance_scale))
+        for job, image in zip(batch, images):
+            Image.fromarray(image).save(out / f"{job.prompt_index:05d}" / "samples" / f"{job.sample_index:05d}.png")
+    return out
+
+
+def _index(name: str) -> int | str:
+    return int(name) if name.isdigit() else name
+
+
+def score_geneval_images(folder: str | Path, **detect_kwargs) -> list[dict]:
+    """One verdict per image of a GenEval folder: ``{"prompt_index", "sample_index", "tag", "prompt", "correct"}``,
+    in folder order (prompt folders and sample files sorted by name)."""
     folder = Path(folder)
     prompt_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and (p / "metadata.jsonl").is_file())
     if not prompt_dirs:
