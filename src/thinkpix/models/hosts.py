@@ -1,11 +1,8 @@
 """Installing RSR into diffusers transformers: ``apply_rsr``, ``remove_rsr``, ``rsr_parameters``, ``aux_loss``.
 
-Supported hosts (the paper's two, Sec. 4.1):
-
-* ``SD3Transformer2DModel`` (SD3 / MMDiT): ``transformer_blocks[i].attn`` (joint attention); the gate is
-  conditioned on the block's ``temb`` (timestep + pooled text).
-* ``DiTTransformer2DModel`` (DiT): ``transformer_blocks[i].attn1`` (self-attention); the gate is
-  conditioned on ``norm1.emb(timestep, class_labels)``.
+Supported hosts: SD3 / SD3.5, DiT (the paper's two, Sec. 4.1) and FLUX.1. What each one is (which blocks,
+which attention, which processor replaces it, where the gate's condition comes from) is its ``HostSpec``
+(``specs.py``); this module only follows the spec.
 
 ``temb`` and the block's modulation never reach an attention processor (``Attention.forward`` passes
 only the hidden states), so forward hooks copy them into the processor's ``BlockCapture``.
@@ -17,15 +14,14 @@ import inspect
 from dataclasses import dataclass, field, replace
 
 import torch
-from diffusers import DiTTransformer2DModel, SD3Transformer2DModel
-from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProcessor2_0
 from torch import nn
 
 from ..core.config import RSRConfig
 from ..core.recursion import RecursiveSparseReasoning
-from .processors import BlockCapture, RSRAttnProcessor, RSRJointAttnProcessor, RSRSelfAttnProcessor, RSRSession
+from .processors import BlockCapture, RSRAttnProcessor, RSRSession
+from .specs import HOST_SPECS, AttentionSite, HostSpec, host_spec
 
-SUPPORTED_MODELS = (SD3Transformer2DModel, DiTTransformer2DModel)
+SUPPORTED_MODELS = tuple(spec.model for spec in HOST_SPECS)
 
 
 @dataclass
@@ -40,20 +36,18 @@ class RSRInstall:
     hooks: list = field(default_factory=list)
 
 
-def _supported_names() -> str:
-    return ", ".join(cls.__name__ for cls in SUPPORTED_MODELS)
+def check_supported(transformer: nn.Module) -> HostSpec:
+    """The transformer's ``HostSpec``; a ``TypeError`` naming the supported classes for any other model."""
+    return host_spec(transformer)
 
 
-def check_supported(transformer: nn.Module) -> None:
-    if not isinstance(transformer, SUPPORTED_MODELS):
-        raise TypeError(
-            f"RSR supports {_supported_names()}; got {type(transformer).__name__}. "
-            "Pass the pipeline's transformer (e.g. pipe.transformer)."
-        )
+def num_blocks(transformer: nn.Module) -> int:
+    """How many blocks ``RSRConfig.layers`` can index (for FLUX: double-stream, then single-stream)."""
+    return len(host_spec(transformer).blocks(transformer))
 
 
 def check_layers(transformer: nn.Module, layers: tuple[int, ...]) -> None:
-    depth = len(transformer.transformer_blocks)
+    depth = num_blocks(transformer)
     bad = [i for i in layers if i >= depth]
     if bad:
         raise ValueError(
@@ -73,34 +67,12 @@ def _require_install(transformer: nn.Module) -> RSRInstall:
     return install
 
 
-def _attention(transformer: nn.Module, block: nn.Module):
-    """(attention module, expected base processor type, processor class) for one block."""
-    if isinstance(transformer, SD3Transformer2DModel):
-        return block.attn, JointAttnProcessor2_0, RSRJointAttnProcessor
-    if getattr(block, "norm_type", None) != "ada_norm_zero":
-        raise NotImplementedError(
-            f"DiT blocks with norm_type={getattr(block, 'norm_type', None)!r} are not supported (need 'ada_norm_zero')"
-        )
-    return block.attn1, AttnProcessor2_0, RSRSelfAttnProcessor
-
-
-def _hook_block(transformer: nn.Module, block: nn.Module, capture: BlockCapture, dim: int) -> list:
-    def modulation(_module, _inputs, out):  # AdaLayerNormZero(X).linear -> shift_msa, scale_msa, ...
+def _hook_block(spec: HostSpec, site: AttentionSite, capture: BlockCapture, dim: int) -> list:
+    def modulation(_module, _inputs, out):  # AdaLayerNormZero(X)(Single).linear -> shift_msa, scale_msa, ...
         chunks = out.chunk(out.shape[1] // dim, dim=1)
         capture.shift, capture.scale = chunks[0], chunks[1]
 
-    hooks = [block.norm1.linear.register_forward_hook(modulation)]
-    if isinstance(transformer, SD3Transformer2DModel):
-        def cond(_module, args, kwargs):  # block(hidden_states, encoder_hidden_states, temb, ...)
-            capture.cond = kwargs["temb"] if "temb" in kwargs else args[2]
-
-        hooks.append(block.register_forward_pre_hook(cond, with_kwargs=True))
-    else:
-        def cond(_module, _inputs, out):  # CombinedTimestepLabelEmbeddings(timestep, class_labels)
-            capture.cond = out
-
-        hooks.append(block.norm1.emb.register_forward_hook(cond))
-    return hooks
+    return [site.modulation.linear.register_forward_hook(modulation), *spec.hook_condition(site, capture)]
 
 
 def _hook_timestep(transformer: nn.Module, session: RSRSession):
@@ -114,11 +86,12 @@ def _hook_timestep(transformer: nn.Module, session: RSRSession):
 
 
 def apply_rsr(transformer: nn.Module, config: RSRConfig) -> nn.Module:
-    """Install RSR on ``config.layers`` of an SD3 or DiT transformer; freeze every base parameter.
+    """Install RSR on ``config.layers`` of a supported transformer (``SUPPORTED_MODELS``); freeze every base
+    parameter.
 
     Only the RSR parameters (``rsr_parameters``) train afterwards. Returns the transformer.
     """
-    check_supported(transformer)
+    spec = check_supported(transformer)
     if not isinstance(config, RSRConfig):
         raise TypeError(f"config must be a thinkpix.RSRConfig, got {type(config).__name__}")
     if rsr_install(transformer) is not None:
@@ -130,11 +103,12 @@ def apply_rsr(transformer: nn.Module, config: RSRConfig) -> nn.Module:
     transformer.requires_grad_(False)
     try:
         for i in config.layers:
-            block = transformer.transformer_blocks[i]
-            attn, base_type, processor_cls = _attention(transformer, block)
-            if type(attn.processor) is not base_type:
+            site = spec.site(transformer, i)
+            attn = site.attention
+            if type(attn.processor) is not site.base_processor:
                 raise NotImplementedError(
-                    f"block {i} uses {type(attn.processor).__name__}; RSR replaces {base_type.__name__} only "
+                    f"block {i} uses {type(attn.processor).__name__}; RSR replaces "
+                    f"{site.base_processor.__name__} only "
                     "(call transformer.set_default_attn_processor() or remove other adapters first)"
                 )
             dim = attn.to_q.in_features
@@ -143,10 +117,10 @@ def apply_rsr(transformer: nn.Module, config: RSRConfig) -> nn.Module:
             weight = attn.to_q.weight
             rsr = RecursiveSparseReasoning(config, dim, cond_dim=dim, layer_index=i).to(weight.device, weight.dtype)
             rsr.train(transformer.training)  # a new module starts in train mode; follow the host's mode
-            capture = BlockCapture(norm=block.norm1.norm)
-            install.hooks += _hook_block(transformer, block, capture, dim)
+            capture = BlockCapture(norm=site.modulation.norm)
+            install.hooks += _hook_block(spec, site, capture, dim)
             install.original_processors[i] = attn.processor
-            install.processors[i] = processor_cls(rsr, i, capture, session)
+            install.processors[i] = site.processor(rsr, i, capture, session)
             attn.set_processor(install.processors[i])
         install.hooks.append(_hook_timestep(transformer, session))
     except Exception:
@@ -162,9 +136,9 @@ def remove_rsr(transformer: nn.Module) -> nn.Module:
     install = _require_install(transformer)
     for hook in install.hooks:
         hook.remove()
+    spec = host_spec(transformer)
     for i, processor in install.original_processors.items():
-        attn, _, _ = _attention(transformer, transformer.transformer_blocks[i])
-        attn.set_processor(processor)
+        spec.site(transformer, i).attention.set_processor(processor)
     for name, p in transformer.named_parameters():
         p.requires_grad_(install.requires_grad.get(name, p.requires_grad))
     del transformer._rsr_install
