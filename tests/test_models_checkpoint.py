@@ -4,16 +4,17 @@ import pytest
 import torch
 from diffusers import SD3Transformer2DModel
 
-from test_models_hosts import perturb_experts
+from test_models_hosts import HOSTS, perturb_experts
 from thinkpix import RSRConfig, apply_rsr, export_lora, load_rsr, save_rsr
 from thinkpix.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from thinkpix.models.hosts import rsr_install
-from tiny import dit_inputs, sd3_inputs, tiny_dit, tiny_sd3
+from tiny import sd3_inputs, tiny_dit, tiny_sd3
 
 
-@pytest.mark.parametrize("kind", ["sd3", "dit"])
+@pytest.mark.parametrize("kind", ["sd3", "dit", "flux"])
 def test_save_then_load_into_a_fresh_model_gives_identical_outputs(tmp_path, kind):
-    build, inputs = (tiny_sd3, sd3_inputs()) if kind == "sd3" else (tiny_dit, dit_inputs())
+    build, inputs = HOSTS[kind]
+    inputs = inputs()
     model = build(tmp_path / "a")
     apply_rsr(model, RSRConfig(num_experts=3, latent_steps=2, rank=4, layers=(1, 3), seed=5))
     perturb_experts(model)

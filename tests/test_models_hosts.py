@@ -6,12 +6,13 @@ from diffusers import UNet2DModel
 
 import thinkpix
 from thinkpix import RSRConfig, apply_rsr, aux_loss, remove_rsr, rsr_layers, rsr_parameters
-from tiny import dit_inputs, sd3_inputs, tiny_dit, tiny_sd3
+from tiny import dit_inputs, flux_inputs, sd3_inputs, tiny_dit, tiny_flux, tiny_sd3
 
-HOSTS = {"sd3": (tiny_sd3, sd3_inputs), "dit": (tiny_dit, dit_inputs)}
+# FLUX: blocks 0-1 double-stream, 2-3 single-stream (RSRConfig.layers count both, in execution order)
+HOSTS = {"sd3": (tiny_sd3, sd3_inputs), "dit": (tiny_dit, dit_inputs), "flux": (tiny_flux, flux_inputs)}
 
 
-@pytest.fixture(params=["sd3", "dit"])
+@pytest.fixture(params=["sd3", "dit", "flux"])
 def host(request, tmp_path):
     build, inputs = HOSTS[request.param]
     return request.param, build(tmp_path / request.param), inputs()

@@ -37,13 +37,15 @@ def default_inputs(transformer: nn.Module, batch_size: int = 1, text_length: int
     return spec.default_inputs(transformer, batch_size, length, sample_size)
 
 
-def flops(transformer: nn.Module, batch_size: int = 1, text_length: int | None = None, **inputs) -> FlopReport:
+def flops(transformer: nn.Module, batch_size: int = 1, text_length: int | None = None,
+          sample_size: int | None = None, **inputs) -> FlopReport:
     """Multiply-adds of one forward pass of ``transformer`` (any supported host, with or without RSR).
 
-    Without ``inputs`` it uses zero inputs at the model's configured sample size (``text_length``
-    text tokens for a text-conditioned host); give real inputs to count the routes and halts they produce.
+    Without ``inputs`` it uses zero inputs at the model's configured (or the given latent) sample size, with
+    ``text_length`` text tokens for a text-conditioned host; give real inputs to count the routes and halts
+    they produce.
     """
-    inputs = inputs or default_inputs(transformer, batch_size, text_length)
+    inputs = inputs or default_inputs(transformer, batch_size, text_length, sample_size)
     counter = FlopCounterMode(display=False, depth=None)
     with torch.no_grad(), counter:
         transformer(**inputs)
