@@ -10,8 +10,10 @@ from thinkpix.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from thinkpix.models.hosts import rsr_install
 from tiny import sd3_inputs, tiny_dit, tiny_sd3
 
+SD35 = dict(qk_norm="rms_norm", dual_attention_layers=(0, 1))
 
-@pytest.mark.parametrize("kind", ["sd3", "dit", "flux"])
+
+@pytest.mark.parametrize("kind", list(HOSTS))
 def test_save_then_load_into_a_fresh_model_gives_identical_outputs(tmp_path, kind):
     build, inputs = HOSTS[kind]
     inputs = inputs()
@@ -99,10 +101,11 @@ def test_save_is_atomic_when_interrupted(tmp_path, sd3_checkpoint, monkeypatch):
     assert sorted(p.name for p in sd3_checkpoint.iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME])
 
 
-def test_export_lora_loads_into_a_plain_model_through_diffusers(tmp_path):
+@pytest.mark.parametrize("overrides", [{}, SD35], ids=["sd3", "sd35"])
+def test_export_lora_loads_into_a_plain_model_through_diffusers(tmp_path, overrides):
     from tiny import tiny_sd3_pipeline
 
-    pipe = tiny_sd3_pipeline(tmp_path / "pipe")
+    pipe = tiny_sd3_pipeline(tmp_path / "pipe", **overrides)
     inputs = sd3_inputs()
     plain = SD3Transformer2DModel.from_pretrained(tmp_path / "pipe" / "pipe" / "transformer").eval()
     apply_rsr(pipe.transformer, RSRConfig(num_experts=1, latent_steps=1, rank=4, alpha=8, layers=(0, 3)))

@@ -118,7 +118,6 @@ def test_gate_is_conditioned_on_temb_with_guidance(tmp_path):
     temb = {}
     model.transformer_blocks[0].register_forward_pre_hook(lambda m, a, kw: temb.update(y=kw["temb"]),
                                                           with_kwargs=True)
-    probs = []
     with torch.no_grad(), routing_trace(model) as trace:
         for guidance in (1.0, 7.0):
             inputs = flux_inputs(guidance=True)

@@ -116,11 +116,12 @@ def _tiny_vae(**kwargs) -> AutoencoderKL:
                          down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",), **kwargs)
 
 
-def tiny_sd3_pipeline(folder: Path) -> StableDiffusion3Pipeline:
+def tiny_sd3_pipeline(folder: Path, **overrides) -> StableDiffusion3Pipeline:
     torch.manual_seed(0)
     vae = _tiny_vae(sample_size=16, shift_factor=0.0609, scaling_factor=1.5035)
     pipe = StableDiffusion3Pipeline(
-        transformer=SD3Transformer2DModel(**SD3_CONFIG), scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+        transformer=SD3Transformer2DModel(**{**SD3_CONFIG, **overrides}), scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
         text_encoder=_clip_encoder(1), tokenizer=_clip_tokenizer(folder / "tok1"),
         text_encoder_2=_clip_encoder(2), tokenizer_2=_clip_tokenizer(folder / "tok2"),
         text_encoder_3=None, tokenizer_3=None,

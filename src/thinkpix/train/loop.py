@@ -28,6 +28,7 @@ from ..analysis.stats import step_stats
 from ..core.config import RSRConfig
 from ..models import apply_rsr, aux_loss, rsr_layers, save_rsr, set_step_checkpointing
 from ..models.checkpoint import rsr_state_dict
+from ..models.hosts import num_blocks
 from .config import TrainConfig
 from .data import ImageDataset, batch_indices
 from .objectives import flow_matching_loss, noise_prediction_loss, training_scheduler
@@ -67,7 +68,7 @@ def trainable_parameters(target: TrainTarget, cfg: TrainConfig) -> dict[str, tor
             named.update({f"{prefix}.{n}": p for n, p in module.named_parameters()})
         return named
     rsr = RSRConfig(num_experts=cfg.num_experts, latent_steps=cfg.latent_steps, rank=cfg.rank,
-                    gumbel_tau=cfg.gumbel_tau, layers=cfg.block_indices(len(transformer.transformer_blocks)),
+                    gumbel_tau=cfg.gumbel_tau, layers=cfg.block_indices(num_blocks(transformer)),
                     routing=cfg.routing, gate_input=cfg.gate_input, balance_loss_weight=cfg.balance_loss_weight,
                     halting=cfg.halting, halt_threshold=cfg.halt_threshold, ponder_weight=cfg.ponder_weight,
                     seed=cfg.seed)
@@ -173,7 +174,7 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
 
             def forward(noisy, t, cond=cond):
                 kwargs = {k: (v.to(noisy.dtype) if v.is_floating_point() else v) for k, v in cond.items()}
-                return module(hidden_states=noisy, timestep=t, **kwargs).sample
+                return target.denoise(module, noisy, t, kwargs)
 
             with accelerator.accumulate(module), accelerator.autocast():
                 if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
