@@ -18,7 +18,16 @@ from typing import NamedTuple
 import torch
 from diffusers import DiTTransformer2DModel
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# torch's counter has formulas for the GPU attention kernels only: SDPA's CPU flash kernel would count as zero
+# (the meta device decomposes SDPA into counted bmm's instead), so it is counted with torch's SDPA formula.
+CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
 
 from ..models.hosts import check_supported
 
@@ -46,7 +55,7 @@ def flops(transformer: nn.Module, batch_size: int = 1, text_length: int | None =
     they produce.
     """
     inputs = inputs or default_inputs(transformer, batch_size, text_length, sample_size)
-    counter = FlopCounterMode(display=False, depth=None)
+    counter = FlopCounterMode(display=False, depth=None, custom_mapping=CPU_ATTENTION)
     with torch.no_grad(), counter:
         transformer(**inputs)
     counts = counter.get_flop_counts()
