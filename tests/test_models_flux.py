@@ -11,6 +11,7 @@ from test_models_hosts import perturb_experts
 from thinkpix import RSRConfig, apply_rsr, export_lora, flops, force_routing, remove_rsr, routing_trace, rsr_layers
 from thinkpix.analysis.compute import default_inputs as thinkpix_inputs
 from thinkpix.analysis.compute import rsr_step_macs
+from thinkpix.models.hosts import rsr_install
 from tiny import FLUX_CONFIG, flux_inputs, tiny_flux, tiny_flux_pipeline
 
 
@@ -126,17 +127,22 @@ def test_gate_is_conditioned_on_temb_with_guidance(tmp_path):
     for layer in (0, 3):
         first, second = trace.for_layer(layer)
         assert (first.probs - second.probs).abs().max() > 1e-4
-    assert torch.equal(first.timestep, torch.tensor([0.9, 0.1]))  # as the transformer receives it (t / 1000)
+    # the scheduler's timestep, as for SD3 and DiT (the transformer receives it / 1000)
+    torch.testing.assert_close(first.timestep, torch.tensor([900.0, 100.0]))
 
 
 def test_unsupported_processor_setups_are_named(tmp_path):
     model = tiny_flux(tmp_path / "m")
     with pytest.raises(ValueError, match=r"out of range.*FluxTransformer2DModel has 4 blocks"):
         apply_rsr(model, RSRConfig(rank=4, layers=(4,)))
-    model.fuse_qkv_projections()
     apply_rsr(model, RSRConfig(rank=4, layers=(0,)))
+    model.fuse_qkv_projections()  # fused after RSR was installed: the processor refuses at the forward pass
     with pytest.raises(NotImplementedError, match="unfuse_qkv_projections"), torch.no_grad():
         model(**flux_inputs())
+    remove_rsr(model)
+    with pytest.raises(NotImplementedError, match="block 0 has fused Q/K/V projections"):
+        apply_rsr(model, RSRConfig(rank=4, layers=(0,)))
+    assert rsr_install(model) is None
 
 
 def test_export_lora_loads_through_flux_pipeline(tmp_path):

@@ -75,12 +75,12 @@ def _hook_block(spec: HostSpec, site: AttentionSite, capture: BlockCapture, dim:
     return [site.modulation.linear.register_forward_hook(modulation), *spec.hook_condition(site, capture)]
 
 
-def _hook_timestep(transformer: nn.Module, session: RSRSession):
+def _hook_timestep(transformer: nn.Module, session: RSRSession, scale: float):
     signature = inspect.signature(type(transformer).forward)
 
     def grab(module, args, kwargs):
-        bound = signature.bind_partial(module, *args, **kwargs).arguments
-        session.timestep = bound.get("timestep")
+        timestep = signature.bind_partial(module, *args, **kwargs).arguments.get("timestep")
+        session.timestep = timestep * scale if timestep is not None and scale != 1 else timestep
 
     return transformer.register_forward_pre_hook(grab, with_kwargs=True)
 
@@ -111,6 +111,9 @@ def apply_rsr(transformer: nn.Module, config: RSRConfig) -> nn.Module:
                     f"{site.base_processor.__name__} only "
                     "(call transformer.set_default_attn_processor() or remove other adapters first)"
                 )
+            if getattr(attn, "fused_projections", False):
+                raise NotImplementedError(f"block {i} has fused Q/K/V projections; RSR needs separate "
+                                          "to_q/to_k/to_v: call transformer.unfuse_qkv_projections() first")
             dim = attn.to_q.in_features
             if attn.to_q.out_features != dim:
                 raise NotImplementedError(f"block {i}: RSR needs inner_dim == query_dim, got {attn.to_q}")
@@ -122,7 +125,7 @@ def apply_rsr(transformer: nn.Module, config: RSRConfig) -> nn.Module:
             install.original_processors[i] = attn.processor
             install.processors[i] = site.processor(rsr, i, capture, session)
             attn.set_processor(install.processors[i])
-        install.hooks.append(_hook_timestep(transformer, session))
+        install.hooks.append(_hook_timestep(transformer, session, spec.timestep_scale))
     except Exception:
         transformer._rsr_install = install
         remove_rsr(transformer)

@@ -74,6 +74,8 @@ class HostSpec:
     lora_pipeline: str | None = None  # diffusers pipeline whose ``save_lora_weights`` writes export_lora's file
     denoise: Callable[..., Tensor] = plain_denoise  # (module, config, noisy, timestep, conditions) -> prediction
     encode_prompts: Callable[..., dict] | None = None  # (pipeline, captions) -> conditions (``kind="caption"``)
+    # the model's ``timestep`` times this is the scheduler's timestep (0..1000), as routing traces record it
+    timestep_scale: float = 1.0
 
     @property
     def name(self) -> str:
@@ -162,7 +164,8 @@ DIT = HostSpec(DiTTransformer2DModel, "class", ("DiTPipeline", "ShapesClassPipel
                default_inputs=_dit_inputs, fsdp_units=lambda t: list(t.transformer_blocks)[1:])
 FLUX = HostSpec(FluxTransformer2DModel, "caption", ("FluxPipeline",), blocks=_flux_blocks, site=_flux_site,
                 hook_condition=_block_inputs_hook, default_inputs=flux_inputs, fsdp_units=_flux_blocks,
-                text_length=512, lora_pipeline="FluxPipeline", denoise=flux_denoise, encode_prompts=flux_prompts)
+                text_length=512, lora_pipeline="FluxPipeline", denoise=flux_denoise, encode_prompts=flux_prompts,
+                timestep_scale=1000.0)  # FluxPipeline passes the scheduler's timestep / 1000
 
 HOST_SPECS = (SD3, DIT, FLUX)
 
