@@ -106,13 +106,19 @@ def test_export_lora_loads_into_a_plain_model_through_diffusers(tmp_path, overri
     from tiny import tiny_sd3_pipeline
 
     pipe = tiny_sd3_pipeline(tmp_path / "pipe", **overrides)
-    inputs = sd3_inputs()
     plain = SD3Transformer2DModel.from_pretrained(tmp_path / "pipe" / "pipe" / "transformer").eval()
-    apply_rsr(pipe.transformer, RSRConfig(num_experts=1, latent_steps=1, rank=4, alpha=8, layers=(0, 3)))
+    check_lora_export(pipe, plain, sd3_inputs(), tmp_path / "lora", layers=(0, 3))
+
+
+def check_lora_export(pipe, plain, inputs, folder, layers):
+    """An M=1, T=1 RSR on ``layers`` of ``pipe.transformer``, exported and loaded into the plain base through the
+    pipeline's own ``load_lora_weights``, gives the RSR model's output."""
+    apply_rsr(pipe.transformer, RSRConfig(num_experts=1, latent_steps=1, rank=4, alpha=8, layers=layers))
     perturb_experts(pipe.transformer, scale=0.2)
     with torch.no_grad():
         ref = pipe.transformer(**inputs).sample
-    lora_file = export_lora(pipe.transformer, tmp_path / "lora")
+        assert (ref - plain(**inputs).sample).abs().max() > 1e-3
+    lora_file = export_lora(pipe.transformer, folder)
     pipe.transformer = plain
     pipe.load_lora_weights(lora_file.parent, weight_name=lora_file.name)
     with torch.no_grad():

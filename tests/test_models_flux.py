@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import FluxTransformer2DModel
 
+from test_models_checkpoint import check_lora_export
 from test_models_hosts import perturb_experts
+from test_models_inspect import forced_recursion
 from thinkpix import RSRConfig, apply_rsr, export_lora, flops, force_routing, remove_rsr, routing_trace, rsr_layers
 from thinkpix.analysis.compute import default_inputs as thinkpix_inputs
 from thinkpix.analysis.compute import rsr_step_macs
@@ -45,15 +47,6 @@ def flux_equations(block, attn, seen, route, proc, single):
     else:
         text = (rms(heads(attn.add_q_proj(c)), attn.norm_added_q), rms(heads(attn.add_k_proj(c)), attn.norm_added_k),
                 heads(attn.add_v_proj(c)))
-    bank, cfg = proc.rsr.experts, proc.rsr.config
-
-    def lora(h, experts):
-        out = torch.zeros(3, *h.shape)
-        for b, e in enumerate(experts.tolist()):
-            for j, name in enumerate("qkv"):
-                a, bb = bank.expert_weights(e)[name]
-                out[j, b] = h[b] @ a.t() @ bb.t() * cfg.scaling
-        return out
 
     def attend(q, k, v):
         q, k = rms(heads(q), attn.norm_q), rms(heads(k), attn.norm_k)
@@ -63,14 +56,7 @@ def flux_equations(block, attn, seen, route, proc, single):
         out = torch.einsum("bhst,bthd->bshd", w.softmax(-1), v).flatten(2)
         return out[:, n_text:], out[:, :n_text]
 
-    state, steps = x, route.shape[1]
-    for t in range(steps):
-        h = x if t == 0 else modulate(state)
-        d = lora(h, route[:, t])
-        if t == steps - 1:
-            a_x, a_c = attend(attn.to_q(x) + d[0], attn.to_k(x) + d[1], attn.to_v(x) + d[2])
-            break
-        state = attend(*d)[0] + x
+    a_x, a_c = forced_recursion(attn, x, route, modulate, attend, proc)
     if single:
         return torch.cat([a_c, a_x], 1), None
     return attn.to_out[0](a_x), attn.to_add_out(a_c)
@@ -147,20 +133,8 @@ def test_unsupported_processor_setups_are_named(tmp_path):
 
 def test_export_lora_loads_through_flux_pipeline(tmp_path):
     pipe = tiny_flux_pipeline(tmp_path / "pipe")
-    inputs = flux_inputs()
     plain = FluxTransformer2DModel.from_pretrained(tmp_path / "pipe" / "pipe" / "transformer").eval()
-    apply_rsr(pipe.transformer, RSRConfig(num_experts=1, latent_steps=1, rank=4, alpha=8, layers=(0, 1)))
-    perturb_experts(pipe.transformer, scale=0.2)
-    with torch.no_grad():
-        ref = pipe.transformer(**inputs).sample
-        base = plain(**inputs).sample
-    assert (ref - base).abs().max() > 1e-3
-    lora_file = export_lora(pipe.transformer, tmp_path / "lora")
-    pipe.transformer = plain
-    pipe.load_lora_weights(lora_file.parent, weight_name=lora_file.name)
-    with torch.no_grad():
-        out = pipe.transformer(**inputs).sample
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    check_lora_export(pipe, plain, flux_inputs(), tmp_path / "lora", layers=(0, 1))
 
 
 def test_export_lora_refuses_single_stream_blocks(tmp_path):

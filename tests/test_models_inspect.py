@@ -18,22 +18,35 @@ def hand_attention(q, k, v, heads):
     return (w @ v).transpose(1, 2).reshape(b, -1, d)
 
 
-def paper_equations(block, attn, x, c, cond, route, proc):
+def expert_updates(proc, h, experts):
+    """LoRA updates (3, B, N, D) when every token of sample b uses expert experts[b]."""
+    bank, cfg = proc.rsr.experts, proc.rsr.config
+    out = torch.zeros(3, *h.shape)
+    for b, e in enumerate(experts.tolist()):
+        f = bank.expert_weights(e)
+        for j, name in enumerate("qkv"):
+            a, bb = f[name]
+            out[j, b] = h[b] @ a.t() @ bb.t() * cfg.scaling
+    return out
+
+
+def forced_recursion(attn, x, route, modulate, attend, proc):
     """Sec. 3.3 for a forced route: LoRA-only intermediate steps, residual to x~, base only at step T."""
+    state, steps = x, route.shape[1]
+    for t in range(steps):
+        h = x if t == 0 else modulate(state)
+        d = expert_updates(proc, h, route[:, t])
+        if t == steps - 1:
+            return attend(attn.to_q(x) + d[0], attn.to_k(x) + d[1], attn.to_v(x) + d[2])
+        state = attend(*d)[0] + x
+
+
+def paper_equations(block, attn, x, c, cond, route, proc):
+    """The paper's equations in an SD3 or DiT block, attention written out."""
     emb = block.norm1.linear(F.silu(cond))
     shift, scale = emb.chunk(emb.shape[1] // x.shape[-1], dim=1)[:2]
     modulate = lambda s: F.layer_norm(s, s.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
-    bank, cfg = proc.rsr.experts, proc.rsr.config
     text = None if c is None else (attn.add_q_proj(c), attn.add_k_proj(c), attn.add_v_proj(c))
-
-    def lora(h, experts):  # every token uses expert experts[b]
-        out = torch.zeros(3, *h.shape)
-        for b, e in enumerate(experts.tolist()):
-            f = bank.expert_weights(e)
-            for j, name in enumerate("qkv"):
-                a, bb = f[name]
-                out[j, b] = h[b] @ a.t() @ bb.t() * cfg.scaling
-        return out
 
     def attend(q, k, v):
         n = q.shape[1]
@@ -42,14 +55,7 @@ def paper_equations(block, attn, x, c, cond, route, proc):
         out = hand_attention(q, k, v, attn.heads)
         return out[:, :n], out[:, n:]
 
-    state, steps = x, route.shape[1]
-    for t in range(steps):
-        h = x if t == 0 else modulate(state)
-        d = lora(h, route[:, t])
-        if t == steps - 1:
-            a_x, a_c = attend(attn.to_q(x) + d[0], attn.to_k(x) + d[1], attn.to_v(x) + d[2])
-            break
-        state = attend(*d)[0] + x
+    a_x, a_c = forced_recursion(attn, x, route, modulate, attend, proc)
     a_x = attn.to_out[0](a_x)
     if c is None:
         return a_x, None

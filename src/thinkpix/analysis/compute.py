@@ -20,6 +20,8 @@ from diffusers import DiTTransformer2DModel
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from ..models.hosts import check_supported
+
 
 def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
@@ -28,8 +30,6 @@ def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=N
 # torch's counter has formulas for the GPU attention kernels only: SDPA's CPU flash kernel would count as zero
 # (the meta device decomposes SDPA into counted bmm's instead), so it is counted with torch's SDPA formula.
 CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
-
-from ..models.hosts import check_supported
 
 
 class FlopReport(NamedTuple):

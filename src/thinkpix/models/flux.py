@@ -29,7 +29,7 @@ GUIDANCE = 3.5
 DEFAULT_LATENT_SIZE = 128  # ``FluxPipeline.default_sample_size``: 1024 px through the 8x VAE
 
 
-class _FluxAttend(RSRAttnProcessor):
+class _RSRFluxProcessor(RSRAttnProcessor):
     """The part both FLUX processors share: the base processor's attention over ``[text ; image]``."""
 
     _attention_backend = None  # set by diffusers' ``set_attention_backend`` like on ``FluxAttnProcessor``
@@ -59,7 +59,7 @@ class _FluxAttend(RSRAttnProcessor):
         return attend
 
 
-class RSRFluxAttnProcessor(_FluxAttend):
+class RSRFluxAttnProcessor(_RSRFluxProcessor):
     """RSR in the joint attention of a double-stream ``FluxTransformerBlock``."""
 
     def forward(self, attn, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
@@ -77,7 +77,7 @@ class RSRFluxAttnProcessor(_FluxAttend):
         return hidden, attn.to_add_out(result.text.contiguous())
 
 
-class RSRFluxSingleAttnProcessor(_FluxAttend):
+class RSRFluxSingleAttnProcessor(_RSRFluxProcessor):
     """RSR on the image tokens of a single-stream ``FluxSingleTransformerBlock`` (text tokens not routed)."""
 
     def forward(self, attn, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
@@ -122,6 +122,9 @@ def flux_denoise(module, config, noisy: Tensor, timestep: Tensor, conditions: di
     from diffusers import FluxPipeline
 
     b, c, h, w = noisy.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"FLUX packs 2x2 latent patches: the latents are {h}x{w}, so the training images must be a "
+                         "multiple of 2 x the VAE's downsampling factor in height and width")
     packed = FluxPipeline._pack_latents(noisy, b, c, h, w)
     ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, noisy.device, noisy.dtype)
     out = module(hidden_states=packed, timestep=timestep / 1000, img_ids=ids,
