@@ -124,17 +124,31 @@ def test_two_process_pretraining_keeps_the_text_encoder_identical(tmp_path):
     assert any(not torch.equal(p, rank0[k]) for k, p in scratch.text_encoder.state_dict().items())  # it trained
 
 
+def fsdp_runs(pipe_dir, data_dir, out, *extra):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(Path(__file__).parent / "fsdp_worker.py"), str(pipe_dir), str(data_dir), str(out), *extra]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return (load_file(str(out / f"{run}-rank0.safetensors")) for run in ("fsdp", "split", "ddp"))
+
+
+@pytest.mark.slow
+def test_fsdp_shards_flux_double_and_single_stream_blocks(tmp_path):
+    """FLUX's FSDP units (HostSpec.fsdp_units: every double- and single-stream block) train as DDP does."""
+    tiny_flux_pipeline(tmp_path)
+    fsdp, split, ddp = fsdp_runs(tmp_path / "pipe", caption_folder(tmp_path / "data"), tmp_path, "caption")
+    assert {k.split(".")[1] for k in fsdp} == {"1", "3"}  # a double- and a single-stream block
+    assert all(torch.equal(fsdp[k], split[k]) for k in fsdp)
+    assert all(torch.allclose(fsdp[k], ddp[k], rtol=1e-4, atol=1e-6) for k in fsdp)
+
+
 def test_fsdp_matches_ddp_and_resumes_bit_identically(dit_setup, tmp_path):
     """FSDP2 over 2 gloo processes (train/sharding.py) on a real DiT, whose block 0 embedding is read outside
     its forward: trains, checkpoints full-size safetensors, resumes exactly, and equals DDP up to rounding."""
     pipe_dir, data_dir = dit_setup
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(Path(__file__).parent / "fsdp_worker.py"), str(pipe_dir), str(data_dir), str(tmp_path)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    fsdp, split, ddp = (load_file(str(tmp_path / f"{run}-rank0.safetensors")) for run in ("fsdp", "split", "ddp"))
+    fsdp, split, ddp = fsdp_runs(pipe_dir, data_dir, tmp_path)
     assert fsdp.keys() == split.keys() == ddp.keys()
     assert all(torch.equal(fsdp[k], split[k]) for k in fsdp)  # kill-and-resume under FSDP is exact
     assert all(torch.allclose(fsdp[k], ddp[k], rtol=1e-4, atol=1e-6) for k in fsdp)  # same training as DDP
