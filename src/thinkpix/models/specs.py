@@ -2,7 +2,7 @@
 
 Everything host-specific goes through a spec: installing RSR (``hosts.py``), checkpoints and LoRA export
 (``checkpoint.py``), FLOP counting (``analysis/compute.py``), FSDP sharding (``train/sharding.py``) and
-turning a training batch into model inputs (``train/``). Adding a host means one ``HostSpec`` here plus
+a pipeline's kind, prompts and model call (``pipelines.py``). Adding a host means one ``HostSpec`` here plus
 the processor that replaces its attention.
 
 Block indices (``RSRConfig.layers``) count the blocks in the order the transformer runs them: for FLUX.1

@@ -15,17 +15,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..models.specs import HOST_SPECS, host_spec
+from .models.specs import HOST_SPECS, host_spec
 
 TEXT_PIPELINES = tuple(name for spec in HOST_SPECS if spec.kind == "caption" for name in spec.pipelines)
 CLASS_PIPELINES = tuple(name for spec in HOST_SPECS if spec.kind == "class" for name in spec.pipelines)
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED = {"shapes-t2i": ASSETS / "shapes-t2i", "shapes-class": ASSETS / "shapes-class"}
 
 
 def _pipeline_class(name: str):
     if name in ("ShapesTextToImagePipeline", "ShapesClassPipeline"):
-        from .. import shapes
+        from . import shapes
 
         return getattr(shapes, name)
     import diffusers
