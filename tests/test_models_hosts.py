@@ -162,3 +162,14 @@ def test_sd35_routes_the_joint_attention_and_leaves_attn2_to_the_base(tmp_path):
     apply_rsr(model, RSRConfig(rank=4, layers=(0, 3)))
     assert isinstance(block.attn.processor, thinkpix.models.processors.RSRJointAttnProcessor)
     assert block.attn2.processor is second
+
+
+def test_a_host_spec_names_a_bad_kind_and_a_missing_prompt_encoder():
+    from dataclasses import replace
+
+    from thinkpix.models.specs import DIT, SD3
+
+    with pytest.raises(ValueError, match=r"HostSpec.kind='text' is invalid: allowed values are 'caption' or 'class'"):
+        replace(DIT, kind="text")
+    with pytest.raises(ValueError, match="kind='caption' needs encode_prompts"):
+        replace(SD3, encode_prompts=None)

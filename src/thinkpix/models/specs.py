@@ -77,6 +77,13 @@ class HostSpec:
     # the model's ``timestep`` times this is the scheduler's timestep (0..1000), as routing traces record it
     timestep_scale: float = 1.0
 
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            allowed = " or ".join(map(repr, KINDS))
+            raise ValueError(f"HostSpec.kind={self.kind!r} is invalid: allowed values are {allowed}")
+        if self.kind == "caption" and self.encode_prompts is None:
+            raise ValueError(f"HostSpec of {self.model.__name__}: kind='caption' needs encode_prompts")
+
     @property
     def name(self) -> str:
         return self.model.__name__
