@@ -9,7 +9,7 @@ from diffusers import FluxTransformer2DModel
 
 from test_models_checkpoint import check_lora_export
 from test_models_hosts import perturb_experts
-from test_models_inspect import forced_recursion
+from test_models_inspect import forced_recursion, rms
 from thinkpix import RSRConfig, apply_rsr, export_lora, flops, force_routing, remove_rsr, routing_trace, rsr_layers
 from thinkpix.analysis.compute import default_inputs as thinkpix_inputs
 from thinkpix.analysis.compute import rsr_step_macs
@@ -27,10 +27,6 @@ def rope(x, ids, axes, theta=10000.0):
     angle = torch.cat(angles, -1).float()[None, :, None]  # (1, S, 1, d/2)
     z = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2).contiguous())
     return torch.view_as_real(z * torch.polar(torch.ones_like(angle), angle)).flatten(-2)
-
-
-def rms(t, norm):
-    return t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight
 
 
 def flux_equations(block, attn, seen, route, proc, single):
