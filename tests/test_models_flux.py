@@ -203,3 +203,21 @@ def test_flux_pipeline_runs_unchanged_with_rsr(tmp_path):
     assert np.abs(images() - base).max() > 1e-3
     remove_rsr(pipe.transformer)
     assert np.array_equal(images(), base)
+
+
+def test_model_gradient_checkpointing_passes_temb_positionally_and_keeps_gradients(tmp_path):
+    """Under ``enable_gradient_checkpointing`` FLUX calls its blocks positionally; the hooks still find temb and
+    the text length, and the RSR gradients are those of the plain forward (eval mode: no Gumbel noise)."""
+    model = tiny_flux(tmp_path / "m")
+    apply_rsr(model, RSRConfig(num_experts=2, latent_steps=2, rank=4, layers=(1, 2)))
+    perturb_experts(model)
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        model.zero_grad()
+        model(**flux_inputs()).sample.square().mean().backward()
+        grads.append([proc.rsr.experts.lora_B.grad.clone() for proc in rsr_layers(model).values()])
+    for a, b in zip(*grads):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b)
