@@ -67,22 +67,43 @@ def _require_install(transformer: nn.Module) -> RSRInstall:
     return install
 
 
-def _hook_block(spec: HostSpec, site: AttentionSite, capture: BlockCapture, dim: int) -> list:
-    def modulation(_module, _inputs, out):  # AdaLayerNormZero(X)(Single).linear -> shift_msa, scale_msa, ...
-        chunks = out.chunk(out.shape[1] // dim, dim=1)
-        capture.shift, capture.scale = chunks[0], chunks[1]
+# The hooks are objects, not closures: ``copy.deepcopy`` of the transformer (how DiT-style loops make their
+# EMA copy) then copies each hook together with the capture it writes, so the copy fills its own captures
+# (a closure would be shared and keep writing into the original's). The condition hooks are the host's
+# (``HostSpec.hook_condition``, same rule).
+@dataclass
+class _CaptureModulation:
+    """``AdaLayerNormZero(X)(Single).linear`` output -> shift_msa, scale_msa, ...: keep the first two."""
 
-    return [site.modulation.linear.register_forward_hook(modulation), *spec.hook_condition(site, capture)]
+    capture: BlockCapture
+    dim: int
+
+    def __call__(self, _module, _inputs, out) -> None:
+        chunks = out.chunk(out.shape[1] // self.dim, dim=1)
+        self.capture.shift, self.capture.scale = chunks[0], chunks[1]
+
+
+@dataclass
+class _CaptureTimestep:
+    """The transformer's ``timestep`` argument (times the host's ``timestep_scale``), for routing traces."""
+
+    session: RSRSession
+    signature: inspect.Signature
+    scale: float = 1.0
+
+    def __call__(self, module, args, kwargs) -> None:
+        timestep = self.signature.bind_partial(module, *args, **kwargs).arguments.get("timestep")
+        self.session.timestep = timestep * self.scale if timestep is not None and self.scale != 1 else timestep
+
+
+def _hook_block(spec: HostSpec, site: AttentionSite, capture: BlockCapture, dim: int) -> list:
+    return [site.modulation.linear.register_forward_hook(_CaptureModulation(capture, dim)),
+            *spec.hook_condition(site, capture)]
 
 
 def _hook_timestep(transformer: nn.Module, session: RSRSession, scale: float):
-    signature = inspect.signature(type(transformer).forward)
-
-    def grab(module, args, kwargs):
-        timestep = signature.bind_partial(module, *args, **kwargs).arguments.get("timestep")
-        session.timestep = timestep * scale if timestep is not None and scale != 1 else timestep
-
-    return transformer.register_forward_pre_hook(grab, with_kwargs=True)
+    hook = _CaptureTimestep(session, inspect.signature(type(transformer).forward), scale)
+    return transformer.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 def apply_rsr(transformer: nn.Module, config: RSRConfig) -> nn.Module:

@@ -89,23 +89,36 @@ class HostSpec:
         return self.model.__name__
 
 
-def _block_inputs_hook(site: AttentionSite, capture: BlockCapture) -> list:
-    """y = the ``temb`` a block receives (as keyword, or positionally under gradient checkpointing); the
-    text length too (a single-stream FLUX block attends over ``[text ; image]``)."""
+# Hooks are objects, not closures, so that ``copy.deepcopy`` of a transformer copies each with its capture.
+@dataclass
+class _CaptureBlockInputs:
+    """y = the ``temb`` a block receives (as keyword, or positionally under gradient checkpointing); the text
+    length too (a single-stream FLUX block attends over ``[text ; image]``)."""
 
-    def grab(_module, args, kwargs):  # block(hidden_states, encoder_hidden_states, temb, ...)
-        capture.cond = kwargs["temb"] if "temb" in kwargs else args[2]
+    capture: BlockCapture
+
+    def __call__(self, _module, args, kwargs) -> None:  # block(hidden_states, encoder_hidden_states, temb, ...)
+        self.capture.cond = kwargs["temb"] if "temb" in kwargs else args[2]
         context = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[1]
-        capture.text_tokens = context.shape[1]
+        self.capture.text_tokens = context.shape[1]
 
-    return [site.block.register_forward_pre_hook(grab, with_kwargs=True)]
+
+@dataclass
+class _CaptureEmbedding:
+    """DiT: y = the ``CombinedTimestepLabelEmbeddings(timestep, class_labels)`` output."""
+
+    capture: BlockCapture
+
+    def __call__(self, _module, _inputs, out) -> None:
+        self.capture.cond = out
+
+
+def _block_inputs_hook(site: AttentionSite, capture: BlockCapture) -> list:
+    return [site.block.register_forward_pre_hook(_CaptureBlockInputs(capture), with_kwargs=True)]
 
 
 def _label_embedding_hook(site: AttentionSite, capture: BlockCapture) -> list:
-    def grab(_module, _inputs, out):  # CombinedTimestepLabelEmbeddings(timestep, class_labels)
-        capture.cond = out
-
-    return [site.block.norm1.emb.register_forward_hook(grab)]
+    return [site.block.norm1.emb.register_forward_hook(_CaptureEmbedding(capture))]
 
 
 def _sd3_site(transformer: nn.Module, i: int) -> AttentionSite:
