@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..shapes.metadata import validate_metadata
 from ..shapes.score import GenEvalResult, score_image, summarize
 from ..train.targets import TrainTarget
-from ..train.validation import to_uint8
+from ..train.validation import save_grid, to_uint8
 
 
 def generate_geneval(target: TrainTarget, records: list[dict], out: str | Path, samples: int = 4, seed: int = 0,
@@ -69,6 +69,25 @@ def score_geneval_folder(folder: str | Path) -> tuple[dict[str, float], list[Gen
             with Image.open(image_path) as image:
                 results.append(score_image(np.asarray(image.convert("RGB")), metadata))
     return summarize(results), results
+
+
+def geneval_grid(folder: str | Path, path: str | Path, ncols: int = 8, sample: int = 0) -> tuple[Path, int]:
+    """A labelled grid of sample ``sample`` of every prompt of a GenEval folder, each tile captioned with its
+    prompt and marked pass/FAIL by the Shapes scorer; returns ``(path, number of prompts shown)``."""
+    folder = Path(folder)
+    images, prompts, marks = [], [], []
+    for prompt_dir in sorted(p for p in folder.iterdir() if (p / "metadata.jsonl").is_file()):
+        image_path = prompt_dir / "samples" / f"{sample:05d}.png"
+        if not image_path.is_file():
+            continue
+        metadata = json.loads((prompt_dir / "metadata.jsonl").read_text().splitlines()[0])
+        with Image.open(image_path) as image:
+            images.append(np.asarray(image.convert("RGB")))
+        prompts.append(metadata["prompt"])
+        marks.append(score_image(images[-1], metadata).correct)
+    if not images:
+        raise ValueError(f"{folder} has no samples/{sample:05d}.png under a GenEval prompt folder")
+    return save_grid(np.stack(images), path, ncols=ncols, labels=prompts, marks=marks), len(images)
 
 
 def format_scores(rows: dict[str, dict[str, float]]) -> str:

@@ -137,9 +137,18 @@ class TrainTarget:
         self.label_map = torch.tensor(ids)
 
     @torch.no_grad()
-    def sample(self, conditions: list, seed: int, steps: int = 20, guidance_scale: float = 4.0):
-        """Images (N, H, W, 3) float in [0, 1] for prompts, or for class ids / label names, from a seeded generator."""
-        generator = torch.Generator().manual_seed(seed)
+    def sample(self, conditions: list, seed: int | list[int], steps: int = 20, guidance_scale: float = 4.0):
+        """Images (N, H, W, 3) float in [0, 1] for prompts, or for class ids / label names.
+
+        ``seed``: one int seeds one generator for the whole batch; a list (one per condition) gives every
+        image its own generator, so each image can be redrawn alone from its seed.
+        """
+        if isinstance(seed, int):
+            generator = torch.Generator().manual_seed(seed)
+        elif len(seed) == len(conditions):
+            generator = [torch.Generator().manual_seed(s) for s in seed]
+        else:
+            raise ValueError(f"got {len(seed)} seeds for {len(conditions)} conditions: give one seed or one each")
         if self.kind == "caption":
             out = self.pipeline(list(conditions), num_inference_steps=steps, guidance_scale=guidance_scale,
                                 generator=generator, output_type="np")
