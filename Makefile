@@ -14,13 +14,13 @@ TORCH_STAMP := $(VENV)/.thinkpix-torch-installed
 TORCH_REQUEST := $(VENV)/.thinkpix-torch-request
 TORCH_LINE := $(strip $(TORCH_SPEC) $(TORCH_PIP_ARGS))
 
-.PHONY: venv test test-slow lint demo bases clean FORCE
+.PHONY: venv test test-slow lint demo bases clean
 
-# The torch request as a file rewritten only when TORCH_SPEC or TORCH_PIP_ARGS change, so that its date tells
-# make whether torch must be reinstalled.
-$(TORCH_REQUEST): FORCE
-	@mkdir -p $(VENV)
-	@echo '$(TORCH_LINE)' | cmp -s - $@ || echo '$(TORCH_LINE)' > $@
+# The torch request as a file rewritten (when make reads this Makefile, so `make -n` tells the truth) only when
+# TORCH_SPEC or TORCH_PIP_ARGS change: its date tells make whether torch must be reinstalled.
+ifneq ($(MAKECMDGOALS),clean)
+$(shell mkdir -p $(VENV) && (echo '$(TORCH_LINE)' | cmp -s - $(TORCH_REQUEST) || echo '$(TORCH_LINE)' > $(TORCH_REQUEST)))
+endif
 
 # Uninstall first: another build of the same version (CPU vs CUDA) would otherwise count as installed.
 $(TORCH_STAMP): $(TORCH_REQUEST)
