@@ -165,8 +165,8 @@ def test_analyze_routing_prints_the_collapse_warning(tmp_path, capsys):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert collapse_warnings(summary) == json.loads(captured.out)["collapse_warnings"]
     # --rsr given the fine-tuning output folder instead of its rsr/ sub-folder: the error points at it
-    assert main(["sample", "--model", str(tmp_path / "pipe"), "--rsr", str(tmp_path), "--prompt", "a photo of a red circle",
-                 "--out", str(tmp_path / "s")]) == 2
+    assert main(["sample", "--model", str(tmp_path / "pipe"), "--rsr", str(tmp_path), "--prompt",
+                 "a photo of a red circle", "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("thinkpix sample: error:") and f"did you mean {tmp_path / 'rsr'}?" in err
 

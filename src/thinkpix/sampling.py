@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from .models import load_rsr
 from .shapes.sampling import check_guidance_interval
 from .train.targets import TrainTarget, load_pipeline

@@ -110,7 +110,8 @@ def strip(model: VisualPlanner, desc: Sequence[str], gap: int = 2) -> tuple[np.n
 
 def save_strip(model: VisualPlanner, desc: Sequence[str], path: str | Path, scale: int = 2, gap: int = 2) -> dict:
     """Write ``strip`` as a PNG (nearest-neighbour upscaled by ``scale``) with the step number over every column
-    (``start``, then the frame after step k; bare numbers on narrow columns) and the rows named ``decoded`` and ``BFS``; returns its summary."""
+    (``start``, then the frame after step k; bare numbers on narrow columns) and the rows named ``decoded`` and
+    ``BFS``; returns its summary."""
     from PIL import Image
 
     from ..train.validation import label_rows_and_columns
