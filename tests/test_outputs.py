@@ -16,11 +16,7 @@ from thinkpix.cli import build_parser, main
 from thinkpix.eval.geneval import geneval_grid
 from thinkpix.frozenlake import map_set
 from thinkpix.frozenlake.evaluate import save_strip, strip
-from thinkpix.sampling import load_target
-from thinkpix.shapes.pipeline_t2i import ShapesTextToImagePipeline
-from thinkpix.shapes.prompts import evaluation_metadata, scene_for_metadata
-from thinkpix.shapes.render import render_scene
-from thinkpix.train.validation import (
+from thinkpix.images import (
     MARK_COLORS,
     MIN_TILE_PX,
     make_labelled_grid,
@@ -28,6 +24,10 @@ from thinkpix.train.validation import (
     upscale_factor,
     wrap_caption,
 )
+from thinkpix.sampling import load_target
+from thinkpix.shapes.pipeline_t2i import ShapesTextToImagePipeline
+from thinkpix.shapes.prompts import evaluation_metadata, scene_for_metadata
+from thinkpix.shapes.render import render_scene
 
 WHITE = np.array([255, 255, 255])
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .images import save_grid, save_png, to_uint8
 from .models import load_rsr
+from .pipelines import TrainTarget, load_pipeline
 from .shapes.sampling import check_guidance_interval
-from .train.targets import TrainTarget, load_pipeline
-from .train.validation import save_grid, save_png, to_uint8
 
 
 def load_target(model: str | Path, rsr: str | Path | None = None,

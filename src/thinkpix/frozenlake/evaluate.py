@@ -114,7 +114,7 @@ def save_strip(model: VisualPlanner, desc: Sequence[str], path: str | Path, scal
     ``BFS``; returns its summary."""
     from PIL import Image
 
-    from ..train.validation import label_rows_and_columns
+    from ..images import label_rows_and_columns
 
     image, summary = strip(model, desc, gap)
     cell_px = (image.shape[0] - gap) // 2

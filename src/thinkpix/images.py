@@ -1,4 +1,5 @@
-"""Image grids for validation samples, the ``sample`` command, the demo report and the routing analysis.
+"""Image grids for validation samples, the ``sample`` command, the demo report, the routing analysis and the
+FrozenLake strips.
 
 A grid meant for people labels every tile with its prompt (and, where a scorer ran, a pass/fail mark)
 and enlarges small tiles with nearest-neighbour upscaling, so a 32-pixel Shapes sample stays crisp.
