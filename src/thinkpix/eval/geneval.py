@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..images import save_grid, to_uint8
+from ..images import save_grid, save_png, to_uint8
 from ..pipelines import TrainTarget
 from ..shapes.metadata import validate_metadata
 from ..shapes.score import GenEvalResult, score_image, summarize
@@ -45,14 +45,18 @@ def generate_geneval(target: TrainTarget, records: list[dict], out: str | Path, 
 def sample_prompt_folders(target: TrainTarget, prompts: list[str], out: Path, samples: int, seed: int, steps: int,
                           guidance_scale: float, batch_size: int, progress: bool, desc: str) -> None:
     """Write ``<out>/<i:05d>/samples/<n:05d>.png`` for every prompt i and sample n (the GenEval / DPG layout);
-    batch b is drawn from a generator seeded with ``seed`` plus the offset of its first image."""
+    batch b is drawn from a generator seeded with ``seed`` plus the offset of its first image. Each PNG records its
+    prompt, the model, that seed and its row in the batch (``batch_index``) as PNG text chunks."""
     jobs = [(i, n) for i in range(len(prompts)) for n in range(samples)]
+    model = getattr(target.pipeline, "name_or_path", None)
     for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc=desc, unit="batch"):
         batch = jobs[start : start + batch_size]
         images = to_uint8(target.sample([prompts[i] for i, _ in batch], seed=seed + start, steps=steps,
                                         guidance_scale=guidance_scale))
-        for (i, n), image in zip(batch, images):
-            Image.fromarray(image).save(out / f"{i:05d}" / "samples" / f"{n:05d}.png")
+        for row, ((i, n), image) in enumerate(zip(batch, images)):
+            save_png(image, out / f"{i:05d}" / "samples" / f"{n:05d}.png",
+                     {"prompt": prompts[i], "model": model, "seed": seed + start, "batch_index": row,
+                      "batch_size": len(batch), "num_inference_steps": steps, "guidance_scale": guidance_scale})
 
 
 def score_geneval_folder(folder: str | Path) -> tuple[dict[str, float], list[GenEvalResult]]:
