@@ -99,10 +99,13 @@ def group_tasks(mode: str, dim: int, n: int, routing: str, ms: list[int], rank: 
 
 
 def estimate_seconds(args: argparse.Namespace) -> float:
-    """Rough wall time of the whole run, printed before it starts. A task-round takes max(min_run_time, 2 calls)
-    (``blocked_autorange`` sizes its block with one call, then times at least one block); a call is taken as
-    twice a single-LoRA call of its (mode, D, N), timed once here; the profile runs 4 paths 6 times."""
+    """Rough wall time of the whole run, printed before it starts. ``blocked_autorange`` sizes its block with one
+    call, then times blocks until ``min_run_time`` has passed on the run's clock: a task-round takes one call
+    plus max(min_run_time, one call), where CPU-clock seconds last wall/CPU times longer on a loaded machine.
+    A call is taken as twice a single-LoRA call of its (mode, D, N), timed here for half a second (wall and CPU);
+    the profile runs 4 paths 6 times. It assumes the load of other jobs stays as it is now: a guide, not a promise."""
     torch.set_num_threads(args.threads[0])
+    cpu_clock = resolve_clock(args.clock, args.threads[0]) == "cpu"
     total = 0.0
     for mode in args.modes:
         for dim in args.dims:
@@ -112,9 +115,15 @@ def estimate_seconds(args: argparse.Namespace) -> float:
                 run = runner(make_case(x, torch.zeros(n, dtype=torch.long), 1, args.rank), "single", mode,
                              torch.randn(3, n, dim, generator=g))
                 run()  # warm-up
-                call = 2.0 * min(time_runs(run, args.threads[0], 0.0))
+                wall, cpu, calls = time.perf_counter(), time.process_time(), 0
+                while time.perf_counter() - wall < 0.5 or not calls:  # long enough to see this machine's load
+                    run()
+                    calls += 1
+                wall, cpu = (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls
+                stretch = wall / max(cpu, 1e-9) if cpu_clock else 1.0
+                call = 2.0 * wall
                 tasks = sum(len(group_plan(r, args.experts, args.paths)) for r in args.routings)
-                total += tasks * args.rounds * max(args.min_run_time, 2.0 * call)
+                total += tasks * args.rounds * (call + max(args.min_run_time * stretch, call))
                 if args.profile and mode == "forward+backward" and n == max(args.tokens) and dim == args.dims[0]:
                     total += 4 * 6 * call
     return total * len(args.allocators) * len(args.threads)

@@ -48,7 +48,7 @@ def sample_prompt_folders(target: TrainTarget, prompts: list[str], out: Path, sa
     batch b is drawn from a generator seeded with ``seed`` plus the offset of its first image. Each PNG records its
     prompt, the model, that seed and its row in the batch (``batch_index``) as PNG text chunks."""
     jobs = [(i, n) for i in range(len(prompts)) for n in range(samples)]
-    model = getattr(target.pipeline, "name_or_path", None)
+    model = str(target.pipeline.name_or_path) if getattr(target.pipeline, "name_or_path", None) else None
     for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc=desc, unit="batch"):
         batch = jobs[start : start + batch_size]
         images = to_uint8(target.sample([prompts[i] for i, _ in batch], seed=seed + start, steps=steps,
