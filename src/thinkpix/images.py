@@ -1,5 +1,5 @@
-"""Image grids for validation samples, the ``sample`` command, the demo report, the routing analysis and the
-FrozenLake strips.
+"""Images: reading files as 8-bit RGB, and grids for validation samples, the ``sample`` command, the demo report,
+the routing analysis and the FrozenLake strips.
 
 A grid meant for people labels every tile with its prompt (and, where a scorer ran, a pass/fail mark)
 and enlarges small tiles with nearest-neighbour upscaling, so a 32-pixel Shapes sample stays crisp.
@@ -21,6 +21,16 @@ CAPTION_FONT_PX = 11
 CAPTION_LINES = 3  # longer prompts are cut with an ellipsis
 MARK_COLORS = {True: (22, 140, 60), False: (200, 30, 30)}  # pass: green, fail: red
 MARK_WORDS = {True: "pass", False: "FAIL"}
+
+
+def rgb8(image: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 RGB. 16- and 32-bit integer images (``I;16*`` / ``I``, e.g. 16-bit grayscale PNGs) are
+    scaled from their 0..65535 range; PIL's ``convert("RGB")`` clips them to 255, so they would read as white."""
+    if image.mode.startswith("I"):
+        values = np.asarray(image).astype(np.float64)
+        gray = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def to_uint8(images) -> np.ndarray:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .errors import check_positive_int
 from .images import save_grid, save_png, to_uint8
 from .models import load_rsr
-from .pipelines import TrainTarget, load_pipeline
+from .pipelines import TrainTarget, check_sampling_args, load_pipeline
 from .shapes.sampling import check_guidance_interval
 
 
@@ -41,7 +42,10 @@ def sample_to_folder(model: str | Path, conditions: list, out: str | Path, rsr: 
     settings as PNG text chunks; ``metadata.jsonl`` holds the same records, one per image, keyed by
     ``file_name`` (the imagefolder convention). The grid labels every tile with its condition and seed.
     """
+    check_sampling_args(steps, guidance_scale)
+    check_positive_int(images_per_condition, "--num-images")
     target = load_target(model, rsr, guidance_interval)
+    conditions = target.check_conditions(conditions)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     repeated = [c for c in conditions for _ in range(images_per_condition)]
