@@ -171,6 +171,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     print(run_demo(Path(args.out), quick=args.quick))
+    print(f"report: {Path(args.out) / 'report.md'} (grids base_grid.png and rsr_grid.png beside it)")
     return 0
 
 
@@ -359,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the metrics to this file")
     p.set_defaults(func=_eval_fid)
     p = ev.add_parser("train-extractor", help="train the shapes feature extractor on the Shapes class dataset")
-    p.add_argument("--out", default="src/thinkpix/assets/shapes-features")
+    p.add_argument("--out", default="runs/shapes-features",
+                   help="output folder (default runs/shapes-features); the shipped extractor that `eval fid` uses, "
+                        "src/thinkpix/assets/shapes-features, is only replaced when named here")
     p.add_argument("--per-class", type=int, default=1000, help="training images per class (28 classes)")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)

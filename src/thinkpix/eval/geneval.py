@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import UserError, check_positive_int
-from ..images import to_uint8
+from ..images import save_grid, save_png, to_uint8
 from ..pipelines import TrainTarget, check_sampling_args
 from ..shapes.metadata import validate_metadata
 from ..shapes.protocol import get_protocol
@@ -57,14 +57,18 @@ def generate_geneval(target: TrainTarget, records: list[dict], out: str | Path, 
 def sample_prompt_folders(target: TrainTarget, prompts: list[str], out: Path, samples: int, seed: int, steps: int,
                           guidance_scale: float, batch_size: int, progress: bool, desc: str) -> None:
     """Write ``<out>/<i:05d>/samples/<n:05d>.png`` for every prompt i and sample n (the GenEval / DPG layout);
-    batch b is drawn from a generator seeded with ``seed`` plus the offset of its first image."""
+    batch b is drawn from a generator seeded with ``seed`` plus the offset of its first image. Each PNG records its
+    prompt, the model, that seed and its row in the batch (``batch_index``) as PNG text chunks."""
     jobs = [(i, n) for i in range(len(prompts)) for n in range(samples)]
+    model = str(target.pipeline.name_or_path) if getattr(target.pipeline, "name_or_path", None) else None
     for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc=desc, unit="batch"):
         batch = jobs[start : start + batch_size]
         images = to_uint8(target.sample([prompts[i] for i, _ in batch], seed=seed + start, steps=steps,
                                         guidance_scale=guidance_scale))
-        for (i, n), image in zip(batch, images):
-            Image.fromarray(image).save(out / f"{i:05d}" / "samples" / f"{n:05d}.png")
+        for row, ((i, n), image) in enumerate(zip(batch, images)):
+            save_png(image, out / f"{i:05d}" / "samples" / f"{n:05d}.png",
+                     {"prompt": prompts[i], "model": model, "seed": seed + start, "batch_index": row,
+                      "batch_size": len(batch), "num_inference_steps": steps, "guidance_scale": guidance_scale})
 
 
 def start_prompt_folders(out: Path, prompts: int, samples: int, steps: int, guidance_scale: float,
@@ -149,6 +153,25 @@ def score_geneval_folder(folder: str | Path) -> tuple[dict[str, float], list[Gen
     """Score every ``<index>/samples/*.png`` against its ``metadata.jsonl``: (per-tag and overall, results)."""
     results = [GenEvalResult(v["tag"], v["prompt"], v["correct"], v["reason"]) for v in score_geneval_images(folder)]
     return summarize(results), results
+
+
+def geneval_grid(folder: str | Path, path: str | Path, ncols: int = 8, sample: int = 0) -> tuple[Path, int]:
+    """A labelled grid of sample ``sample`` of every prompt of a GenEval folder, each tile captioned with its
+    prompt and marked pass/FAIL by the Shapes scorer; returns ``(path, number of prompts shown)``."""
+    folder = Path(folder)
+    images, prompts, marks = [], [], []
+    for prompt_dir in sorted(p for p in folder.iterdir() if (p / "metadata.jsonl").is_file()):
+        image_path = prompt_dir / "samples" / f"{sample:05d}.png"
+        if not image_path.is_file():
+            continue
+        metadata = json.loads((prompt_dir / "metadata.jsonl").read_text().splitlines()[0])
+        with Image.open(image_path) as image:
+            images.append(np.asarray(image.convert("RGB")))
+        prompts.append(metadata["prompt"])
+        marks.append(score_image(images[-1], metadata).correct)
+    if not images:
+        raise ValueError(f"{folder} has no samples/{sample:05d}.png under a GenEval prompt folder")
+    return save_grid(np.stack(images), path, ncols=ncols, labels=prompts, marks=marks), len(images)
 
 
 def format_scores(rows: dict[str, dict[str, float]]) -> str:
