@@ -30,6 +30,10 @@ from .models import (
     set_step_checkpointing,
 )
 
+# Importing the Shapes pipelines registers them with diffusers: DiffusionPipeline.from_pretrained loads their folders.
+from .shapes import pipeline_class as _pipeline_class  # noqa: F401, E402
+from .shapes import pipeline_t2i as _pipeline_t2i  # noqa: F401, E402
+
 __version__ = "0.1.0"
 
 __all__ = [
