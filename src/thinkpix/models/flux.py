@@ -44,7 +44,9 @@ class _RSRFluxProcessor(RSRAttnProcessor):
         """``attend(q, k, v)`` for image projections (B, N, D); ``text`` = normed text heads (B, L, H, d)."""
         length = text[0].shape[1]
 
-        def attend(q: Tensor, k: Tensor, v: Tensor):
+        def attend(q: Tensor, k: Tensor, v: Tensor, vision_only: bool = False):
+            # vision_only: every row is still computed here (skipping the text queries would need the rotary
+            # tables and the mask sliced to the image rows); the result is the same
             q, k, v = (t.unflatten(-1, (-1, attn.head_dim)) for t in (q, k, v))
             q, k = attn.norm_q(q), attn.norm_k(k)
             q, k, v = torch.cat([text[0], q], 1), torch.cat([text[1], k], 1), torch.cat([text[2], v], 1)
