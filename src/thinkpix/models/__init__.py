@@ -9,8 +9,10 @@ from .hosts import (
     rsr_config,
     rsr_layers,
     rsr_parameters,
+    set_gumbel,
     set_halting,
     set_step_checkpointing,
+    z_loss,
 )
 from .inspect import RoutingRecord, RoutingTrace, force_routing, routing_trace
 
@@ -30,6 +32,8 @@ __all__ = [
     "rsr_layers",
     "rsr_parameters",
     "save_rsr",
+    "set_gumbel",
     "set_halting",
     "set_step_checkpointing",
+    "z_loss",
 ]

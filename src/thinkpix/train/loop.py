@@ -24,9 +24,10 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from ..analysis.health import gradient_scalars, health_scalars
 from ..analysis.stats import step_stats
 from ..core.config import RSRConfig
-from ..models import apply_rsr, aux_loss, rsr_layers, save_rsr, set_step_checkpointing
+from ..models import apply_rsr, aux_loss, rsr_layers, save_rsr, set_gumbel, set_step_checkpointing
 from ..models.checkpoint import rsr_state_dict
 from .config import TrainConfig
 from .data import ImageDataset, batch_indices
@@ -70,10 +71,20 @@ def trainable_parameters(target: TrainTarget, cfg: TrainConfig) -> dict[str, tor
                     gumbel_tau=cfg.gumbel_tau, layers=cfg.block_indices(len(transformer.transformer_blocks)),
                     routing=cfg.routing, gate_input=cfg.gate_input, balance_loss_weight=cfg.balance_loss_weight,
                     halting=cfg.halting, halt_threshold=cfg.halt_threshold, ponder_weight=cfg.ponder_weight,
-                    seed=cfg.seed)
+                    dispatch=cfg.dispatch, route_per=cfg.route_per, z_loss_weight=cfg.z_loss_weight, seed=cfg.seed)
     apply_rsr(transformer, rsr)
     set_step_checkpointing(transformer, cfg.step_checkpointing)
     return _rsr_named_parameters(transformer)
+
+
+def parameter_groups(named: dict[str, torch.nn.Parameter], cfg: TrainConfig) -> list[dict]:
+    """Optimizer parameter groups: one (the paper), or the gate parameters apart with ``lr_scale`` =
+    ``gate_lr_multiplier`` (so that runs without the option keep the optimizer state layout of old runs)."""
+    if cfg.gate_lr_multiplier == 1.0 or cfg.method == "full":
+        return [{"params": list(named.values())}]
+    gate = [p for n, p in named.items() if ".gate." in n]
+    rest = [p for n, p in named.items() if ".gate." not in n]
+    return [{"params": rest, "lr_scale": 1.0}, {"params": gate, "lr_scale": cfg.gate_lr_multiplier}]
 
 
 def _rsr_named_parameters(transformer: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -91,7 +102,7 @@ def _routing_scalars(target: TrainTarget) -> dict[str, float]:
         scalars[f"routing/layer{layer}/gate_entropy"] = stats.entropy.mean().item()
         if stats.consistency.numel():
             scalars[f"routing/layer{layer}/consistency"] = stats.consistency.mean().item()
-    return scalars
+    return {**scalars, **health_scalars(rsr_layers(target.transformer))}
 
 
 def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: str | Path, resume: str | None = None,
@@ -120,7 +131,7 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
         shard_transformer(target.transformer)
         named = _rsr_named_parameters(target.transformer)  # sharding replaced them with DTensor parameters
     params = list(named.values())
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+    optimizer = torch.optim.AdamW(parameter_groups(named, cfg), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay)
     ema = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None
     target.transformer.train()
@@ -151,7 +162,10 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
     while step < cfg.max_steps:
         lr = cfg.lr_at(step)  # the run's schedule wins over any rate saved with the optimizer state
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        if cfg.method != "full":
+            set_gumbel(target.transformer, *cfg.gumbel_at(step))
+        grad_logs = {}
         for micro in range(cfg.gradient_accumulation_steps):
             k = step * cfg.gradient_accumulation_steps + micro
             seed = _micro_seed(cfg.seed, k, rank)
@@ -188,6 +202,8 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
                 accelerator.backward(loss + balance)
                 if accelerator.sync_gradients and world > 1 and target.train_text_encoder:
                     _average_outside_ddp(accelerator, named)
+                if accelerator.sync_gradients and cfg.method != "full" and not cfg.fsdp:
+                    grad_logs = gradient_scalars(rsr_layers(target.transformer))
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
@@ -198,7 +214,8 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
         result.losses.append(loss.item())
         logs = {"train/loss": loss.item(), "train/balance_loss": balance.item(), "train/lr": lr}
         if cfg.method != "full":
-            logs.update(_routing_scalars(target))
+            logs.update(_routing_scalars(target), **grad_logs)
+            logs["train/gumbel_tau"], logs["train/gumbel_noise"] = cfg.gumbel_at(step - 1)
         if report_to:
             accelerator.log(logs, step=step)
         elapsed = time.perf_counter() - started

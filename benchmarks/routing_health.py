@@ -1,0 +1,187 @@
+"""Routing health pilot: does the gate learn under the paper's setting, and under which options does it?
+
+Every option of ``TrainConfig`` beyond the paper is fine-tuned into ``shapes-t2i`` next to the paper's setting,
+at the reproduction's fine-tuning budget (``reproduce_tables.FULL``: 2000 training images, 250 steps, batch 32,
+the ``shapes`` preset, middle layer), for M=2, T=2 and M=5, T=5. Only training data is used: the held-in
+denoising loss is measured on training images, and Shapes-GenEval on training prompts (``training_metadata``),
+never on the held-out evaluation compositions. Each (shape, option, seed) is one JSON under ``--rows-dir``; a
+rerun skips finished ones, so an interrupted sweep resumes::
+
+    nohup nice -n 5 python -m benchmarks.routing_health > routing_health.log 2>&1 &   # about 1 h on 2 cores
+    python -m benchmarks.routing_health --report-only          # rewrite the report from the cached rows
+    python -m benchmarks.routing_health --quick --work /tmp/rh  # a few minutes: the test of the script
+
+Writes ``docs/results/routing_health.md`` (``--out``) and its decisiveness plots (PNG) next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from benchmarks.reproduce_tables import FULL
+from benchmarks.routing_health_report import write_report
+from benchmarks.shapes_rows import Budget, Row, cached, finetuned, fingerprint, geneval_row, spread
+from benchmarks.training_log import read_scalars
+from thinkpix.core.health import gate_decisiveness
+from thinkpix.models import rsr_layers
+from thinkpix.shapes.dataset import make_dataset
+from thinkpix.shapes.prompts import training_metadata
+from thinkpix.train import load_image_folder
+from thinkpix.train.objectives import flow_matching_loss, training_scheduler
+
+BASE = "shapes-t2i"
+PILOT = replace(FULL, geneval_prompts=48, samples=1)  # the reproduction's training budget; a lighter GenEval
+QUICK = Budget(train_images=64, finetune_steps=6, batch_size=8, geneval_prompts=3, samples=1, sample_steps=4)
+HELD_IN_IMAGES = 64
+CURVE_EVERY = 5  # training steps between the points of a decisiveness curve
+
+SHAPES = {"M=2, T=2": {"num_experts": 2, "latent_steps": 2, "layers": "middle"},
+          "M=5, T=5": {"num_experts": 5, "latent_steps": 5, "layers": "middle"}}
+OPTIONS = {
+    "paper": {},
+    "noise 1 -> 0.1": {"gumbel_noise_end": 0.1},
+    "gate lr x10": {"gate_lr_multiplier": 10.0},
+    "combined": {"gate_lr_multiplier": 10.0, "gumbel_noise_end": 0.1, "balance_loss_weight": 0.01},
+    "dense straight-through": {"dispatch": "dense"},
+    "tau 5 -> 0.5": {"gumbel_tau_end": 0.5},
+    "per-sample routes": {"route_per": "sample"},
+    "z-loss 1e-3": {"z_loss_weight": 1e-3},
+    "balance 0.01": {"balance_loss_weight": 0.01},  # the paper's rule already sets it for M > 3
+}
+SKIP = {("M=5, T=5", "balance 0.01")}
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def training_curves(run_dir: Path, layer: int, steps: int) -> dict:
+    """Decisiveness over training from the run's TensorBoard log: the measured share of tokens whose training
+    route equals the argmax route, and the mean logit margin, each averaged over latent steps."""
+    tags = [f"health/layer{layer}/step{t}/{name}" for t in range(1, steps + 1)
+            for name in ("sampled_agreement", "margin")]
+    tags += [f"health/layer{layer}/gate_to_expert_grad", "train/gumbel_noise"]
+    scalars = read_scalars(run_dir, tuple(tags))
+    logged = sorted(scalars[tags[0]])
+    points = logged[CURVE_EVERY - 1 :: CURVE_EVERY] or logged
+
+    def curve(name):
+        return [_mean([scalars[f"health/layer{layer}/step{t}/{name}"].get(s) for t in range(1, steps + 1)])
+                for s in points]
+
+    ratio = list(scalars[f"health/layer{layer}/gate_to_expert_grad"].values())
+    return {"steps": points, "sampled_agreement": curve("sampled_agreement"), "margin": curve("margin"),
+            "noise": [scalars["train/gumbel_noise"].get(s) for s in points],
+            "gate_to_expert_grad": _mean(ratio[-50:])}
+
+
+def _routes(target) -> dict:
+    """The latest call's routes and health of the (single) RSR layer."""
+    (layer, proc), = rsr_layers(target.transformer).items()
+    return {"layer": layer, "steps": proc.last_steps, "health": proc.last_health,
+            "noise": proc.rsr.gate.noise_scale}
+
+
+def input_dependence(experts: torch.Tensor, m: int) -> float:
+    """Mean total-variation distance between each sample's expert usage and the batch's, over latent steps
+    (experts (T, B, N)): 0 when every sample is routed alike (lopsidedness that ignores the input)."""
+    usage = torch.nn.functional.one_hot(experts, m).float().mean(2)  # (T, B, M)
+    return float(0.5 * (usage - usage.mean(1, keepdim=True)).abs().sum(-1).mean())
+
+
+def held_in(target, data_dir: Path, seed: int) -> dict:
+    """Denoising loss (eval mode: argmax routes) and routing health on a fixed batch of training images, plus
+    the route agreement in training mode (Gumbel noise at the run's final scale) on the same batch."""
+    data = load_image_folder(data_dir)
+    index = torch.arange(min(HELD_IN_IMAGES, len(data)))
+    x0 = target.latents(data.pixels(index), torch.Generator().manual_seed(seed))
+    cond = target.conditions(captions=[data.captions[i] for i in index.tolist()])
+    scheduler = training_scheduler(target.pipeline.scheduler)
+
+    def forward(noisy, t):
+        return target.transformer(hidden_states=noisy, timestep=t, **cond).sample
+
+    def loss() -> float:
+        return float(flow_matching_loss(forward, x0, scheduler, torch.Generator().manual_seed(seed + 1)))
+
+    with torch.no_grad():
+        target.transformer.eval()
+        eval_loss, routes = loss(), _routes(target)
+        target.transformer.train()
+        loss()
+        trained = _routes(target)
+        target.transformer.eval()
+    health, steps = routes["health"], routes["steps"]
+    m = steps[0].probs.shape[-1]
+    experts = torch.stack([s.experts for s in steps])
+    usage = torch.stack([h.usage for h in health]).mean(0)
+    unit = [gate_decisiveness(s.logits, 1.0) for s in steps]
+    divergence = torch.stack([h.divergence for h in health])
+    return {"loss": eval_loss, "utilisation": usage.tolist(), "min_utilisation": float(usage.min()),
+            "max_utilisation": float(usage.max()), "input_dependence": input_dependence(experts, m),
+            "margin": _mean([float(u[0]) for u in unit]), "agreement_unit_noise": _mean([float(u[1]) for u in unit]),
+            "divergence": float(divergence.nanmean()) if not divergence.isnan().all() else None,
+            "train_mode_agreement": _mean([float(h.sampled_agreement) for h in trained["health"]]),
+            "final_noise": trained["noise"]}
+
+
+def run_one(shape: str, option: str, seed: int, budget: Budget, work: Path, data: Path) -> dict:
+    fields = {**SHAPES[shape], **OPTIONS[option]}
+    out = work / slug(shape) / slug(option) / f"seed{seed}"
+    row = Row(f"{shape} {option}", "rsr", fields)
+    target, cost = finetuned(BASE, data, row, seed, budget.finetune_steps, budget.batch_size, out / "train",
+                             report_to="tensorboard")
+    health = held_in(target, data, seed)
+    records = spread(training_metadata(), budget.geneval_prompts)
+    geneval = geneval_row(target, records, out / "geneval-train-prompts", budget, seed)
+    curves = training_curves(out / "train", next(iter(rsr_layers(target.transformer))), fields["latent_steps"])
+    return {"shape": shape, "option": option, "fields": fields, "seed": seed, **cost, "held_in": health,
+            "curves": curves, "geneval_train_prompts": geneval["scores"], "geneval_images": geneval["images"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny budget (tests): writes into --work")
+    parser.add_argument("--work", default="runs/routing_health", help="training runs and datasets")
+    parser.add_argument("--rows-dir", default="docs/results/routing_health_rows", help="cached row results")
+    parser.add_argument("--out", default="docs/results/routing_health.md")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
+    parser.add_argument("--report-only", action="store_true", help="only rows already cached")
+    args = parser.parse_args(argv)
+    budget = QUICK if args.quick else PILOT
+    work = Path(args.work) / f"{'quick' if args.quick else 'pilot'}-{budget.key()}"
+    rows_dir = (work / "rows" if args.quick else Path(args.rows_dir)) / f"{fingerprint(BASE)}-{budget.key()}"
+    out = work / "routing_health.md" if args.quick else Path(args.out)
+    data = work / "data-t2i"
+    if not args.report_only and not (data / "metadata.jsonl").is_file():
+        make_dataset(data, n=budget.train_images, seed=0, variant="caption", split="train")
+    results = []
+    for shape in args.shapes:
+        for option in args.options:
+            if (shape, option) in SKIP:
+                continue
+            for seed in args.seeds:
+                path = rows_dir / slug(shape) / slug(option) / f"seed{seed}.json"
+                if args.report_only and not path.is_file():
+                    continue
+                results.append(cached(path, lambda s=shape, o=option, k=seed: run_one(s, o, k, budget, work, data)))
+                print(f"done {shape} / {option} / seed {seed}", flush=True)
+    write_report(out, results, budget, OPTIONS, rows_dir)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

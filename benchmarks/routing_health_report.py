@@ -1,0 +1,109 @@
+"""The report of ``benchmarks/routing_health.py``: tables per shape, decisiveness plots, the recommended setting.
+
+Selection rule (fixed before the sweep, on training data only): among the options whose training-mode routes
+agree with the eval-mode routes for at least ``AGREEMENT_TARGET`` of the held-in tokens and that keep every
+expert at or above ``MIN_SHARE`` of the tokens (or whose lopsidedness is input-dependent), the lowest held-in
+denoising loss at M=2, T=2 wins; training-prompt Shapes-GenEval is reported next to it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from benchmarks.shapes_rows import Budget
+from thinkpix.analysis.stats import COLLAPSE_SHARE
+
+AGREEMENT_TARGET = 0.9
+MIN_SHARE = 0.05
+INPUT_DEPENDENT = 0.2  # mean per-sample TV from the batch's usage above which lopsidedness follows the input
+
+
+def fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def healthy(r: dict) -> bool:
+    h = r["held_in"]
+    balanced = h["min_utilisation"] >= MIN_SHARE or h["input_dependence"] >= INPUT_DEPENDENT
+    return (h["train_mode_agreement"] or 0) >= AGREEMENT_TARGET and balanced and h["max_utilisation"] <= COLLAPSE_SHARE
+
+
+def flags(r: dict) -> str:
+    h = r["held_in"]
+    out = []
+    if h["max_utilisation"] > COLLAPSE_SHARE:
+        out.append("collapsed")
+    elif h["min_utilisation"] < MIN_SHARE:
+        out.append("expert < 5%" + (" (input-dependent)" if h["input_dependence"] >= INPUT_DEPENDENT else ""))
+    return ", ".join(out) or "ok"
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = ["| option | train/eval route agreement | agreement at Gumbel(0,1) | mean margin | utilisation "
+             "| flags | input dependence | expert cosine | gate/expert grad | held-in loss | GenEval (train prompts) "
+             "| train s |", "|---|" + "---|" * 11]
+    for r in rows:
+        h = r["held_in"]
+        usage = " / ".join(f"{u:.2f}" for u in h["utilisation"])
+        lines.append(f"| {r['option']} | {fmt(h['train_mode_agreement'])} | {fmt(h['agreement_unit_noise'])} "
+                     f"| {fmt(h['margin'], 2)} | {usage} | {flags(r)} | {fmt(h['input_dependence'], 2)} "
+                     f"| {fmt(h['divergence'], 2)} | {fmt(r['curves']['gate_to_expert_grad'], 3)} "
+                     f"| {fmt(h['loss'], 4)} | {fmt(100 * r['geneval_train_prompts']['overall'], 1)} "
+                     f"| {r['train_seconds']:.0f} |")
+    return lines
+
+
+def plot_curves(rows: list[dict], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in rows:
+        c = r["curves"]
+        left.plot(c["steps"], c["sampled_agreement"], label=r["option"])
+        right.plot(c["steps"], c["margin"], label=r["option"])
+    left.axhline(AGREEMENT_TARGET, color="grey", lw=0.8, ls="--")
+    left.set(xlabel="training step", ylabel="share of tokens: training route = argmax route",
+             title=f"{title}: route agreement while training")
+    right.set(xlabel="training step", ylabel="mean top-two logit margin", title=f"{title}: gate margin",
+              yscale="symlog")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def recommendation(by_shape: dict[str, list[dict]]) -> list[str]:
+    rows = by_shape.get("M=2, T=2", [])
+    paper = next((r for r in rows if r["option"] == "paper"), None)
+    winners = sorted((r for r in rows if healthy(r)), key=lambda r: r["held_in"]["loss"])
+    if not winners or paper is None:
+        return ["No option met the rule at M=2, T=2 yet (or the paper row is missing): no recommendation."]
+    best = winners[0]
+    dl = best["held_in"]["loss"] - paper["held_in"]["loss"]
+    dg = 100 * (best["geneval_train_prompts"]["overall"] - paper["geneval_train_prompts"]["overall"])
+    return [f"By the rule above the winner at M=2, T=2 is **{best['option']}** (`{best['fields']}`): route agreement "
+            f"{fmt(best['held_in']['train_mode_agreement'])} vs the paper's {fmt(paper['held_in']['train_mode_agreement'])}, "
+            f"held-in loss {fmt(best['held_in']['loss'], 4)} vs {fmt(paper['held_in']['loss'], 4)} ({dl:+.4f}), "
+            f"training-prompt GenEval {dg:+.1f} points."]
+
+
+def write_report(out: Path, results: list[dict], budget: Budget, options: dict, rows_dir: Path) -> None:
+    out = Path(out)
+    by_shape: dict[str, list[dict]] = {}
+    for r in results:
+        by_shape.setdefault(r["shape"], []).append(r)
+    lines = ["# Routing health: does the gate learn?", "",
+             f"Produced by `python -m benchmarks.routing_health` (budget {budget}); rows cached under `{rows_dir}`.",
+             "", __doc__.split("\n\n", 1)[1].strip(), ""]
+    for shape, rows in by_shape.items():
+        png = plot_curves(rows, out.parent / "routing_health" / f"decisiveness_{shape[0]}{shape[2]}.png", shape)
+        lines += [f"## {shape}", "", *table(rows), "", f"![decisiveness {shape}]({png.relative_to(out.parent)})", ""]
+    lines += ["## Recommendation", "", *recommendation(by_shape), ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
