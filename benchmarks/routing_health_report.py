@@ -87,8 +87,9 @@ def recommendation(by_shape: dict[str, list[dict]]) -> list[str]:
     best = winners[0]
     dl = best["held_in"]["loss"] - paper["held_in"]["loss"]
     dg = 100 * (best["geneval_train_prompts"]["overall"] - paper["geneval_train_prompts"]["overall"])
+    agree = best["held_in"]["train_mode_agreement"], paper["held_in"]["train_mode_agreement"]
     return [f"By the rule above the winner at M=2, T=2 is **{best['option']}** (`{best['fields']}`): route agreement "
-            f"{fmt(best['held_in']['train_mode_agreement'])} vs the paper's {fmt(paper['held_in']['train_mode_agreement'])}, "
+            f"{fmt(agree[0])} vs the paper's {fmt(agree[1])}, "
             f"held-in loss {fmt(best['held_in']['loss'], 4)} vs {fmt(paper['held_in']['loss'], 4)} ({dl:+.4f}), "
             f"training-prompt GenEval {dg:+.1f} points."]
 

@@ -148,7 +148,8 @@ class RSRConfig:
             _fail("ponder_weight", self.ponder_weight, "a finite number >= 0")
         for name in ("gumbel_noise_scale", "z_loss_weight"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and value >= 0):
                 _fail(name, value, "a finite number >= 0")
             setattr(self, name, float(value))
         if self.route_per not in ROUTE_UNITS:

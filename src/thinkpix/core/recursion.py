@@ -25,8 +25,8 @@ from torch.utils.checkpoint import checkpoint
 from .config import RSRConfig
 from .experts import ExpertBank
 from .gate import GateDecision, LatentStepGate, balance_loss
-from .health import StepHealth, expert_divergence, step_health
 from .halting import HaltingHead, PonderMixture, halt_now
+from .health import StepHealth, expert_divergence, step_health
 
 QKV = tuple[Tensor, Tensor, Tensor]
 # attend(q, k, v) with vision projections (B, N, D) -> (vision output (B, N, D), text output or None)

@@ -71,7 +71,8 @@ def trainable_parameters(target: TrainTarget, cfg: TrainConfig) -> dict[str, tor
                     gumbel_tau=cfg.gumbel_tau, layers=cfg.block_indices(len(transformer.transformer_blocks)),
                     routing=cfg.routing, gate_input=cfg.gate_input, balance_loss_weight=cfg.balance_loss_weight,
                     halting=cfg.halting, halt_threshold=cfg.halt_threshold, ponder_weight=cfg.ponder_weight,
-                    dispatch=cfg.dispatch, route_per=cfg.route_per, z_loss_weight=cfg.z_loss_weight, seed=cfg.seed)
+                    dispatch=cfg.dispatch, route_per=cfg.route_per, z_loss_weight=cfg.z_loss_weight,
+                    seed=cfg.seed)
     apply_rsr(transformer, rsr)
     set_step_checkpointing(transformer, cfg.step_checkpointing)
     return _rsr_named_parameters(transformer)
@@ -131,8 +132,8 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
         shard_transformer(target.transformer)
         named = _rsr_named_parameters(target.transformer)  # sharding replaced them with DTensor parameters
     params = list(named.values())
-    optimizer = torch.optim.AdamW(parameter_groups(named, cfg), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(named, cfg), lr=cfg.learning_rate,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
     ema = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None
     target.transformer.train()
     if cfg.fsdp:  # FSDP2 reduces the gradients itself: no DDP wrapper around the sharded module
