@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -36,8 +36,11 @@ from thinkpix.train.objectives import flow_matching_loss, training_scheduler
 
 BASE = "shapes-t2i"
 PILOT = replace(FULL, geneval_prompts=48, samples=1)  # the reproduction's training budget; a lighter GenEval
+# The screen of every option: the reproduction's 250 steps, data and learning rate at a quarter of the batch,
+# so that the whole comparison fits the shared 2-core machine; the chosen setting then runs at PILOT.
+SCREEN = replace(FULL, batch_size=8, geneval_prompts=24, samples=1)
 QUICK = Budget(train_images=64, finetune_steps=6, batch_size=8, geneval_prompts=3, samples=1, sample_steps=4)
-HELD_IN_IMAGES = 64
+HELD_IN_IMAGES = 32
 CURVE_EVERY = 5  # training steps between the points of a decisiveness curve
 
 SHAPES = {"M=2, T=2": {"num_experts": 2, "latent_steps": 2, "layers": "middle"},
@@ -54,6 +57,11 @@ OPTIONS = {
     "balance 0.01": {"balance_loss_weight": 0.01},  # the paper's rule already sets it for M > 3
 }
 SKIP = {("M=5, T=5", "balance 0.01")}
+# (budget, shape, option) in the order they run: the acceptance rows at the reproduction's budget first
+PLAN = [("pilot", "M=2, T=2", "combined"), *[("screen", "M=2, T=2", o) for o in OPTIONS],
+        ("pilot", "M=2, T=2", "paper"), *[("screen", "M=5, T=5", o) for o in OPTIONS],
+        ("pilot", "M=5, T=5", "combined"), ("pilot", "M=5, T=5", "paper")]
+BUDGETS = {"pilot": PILOT, "screen": SCREEN}
 
 
 def slug(text: str) -> str:
@@ -158,27 +166,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
+    parser.add_argument("--budgets", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a crowded machine)")
     parser.add_argument("--report-only", action="store_true", help="only rows already cached")
     args = parser.parse_args(argv)
-    budget = QUICK if args.quick else PILOT
-    work = Path(args.work) / f"{'quick' if args.quick else 'pilot'}-{budget.key()}"
-    rows_dir = (work / "rows" if args.quick else Path(args.rows_dir)) / f"{fingerprint(BASE)}-{budget.key()}"
+    torch.set_num_threads(args.threads)
+    budgets = {name: QUICK if args.quick else b for name, b in BUDGETS.items()}
+    work = Path(args.work) / ("quick" if args.quick else "runs")
+    rows_dir = work / "rows" if args.quick else Path(args.rows_dir)
     out = work / "routing_health.md" if args.quick else Path(args.out)
-    data = work / "data-t2i"
-    if not args.report_only and not (data / "metadata.jsonl").is_file():
-        make_dataset(data, n=budget.train_images, seed=0, variant="caption", split="train")
     results = []
-    for shape in args.shapes:
-        for option in args.options:
-            if (shape, option) in SKIP:
+    for name, shape, option in PLAN:
+        if name not in args.budgets or shape not in args.shapes or option not in args.options or (
+                (shape, option) in SKIP):
+            continue
+        budget = budgets[name]
+        data = work / f"data-t2i-{budget.train_images}"
+        for seed in args.seeds:
+            path = rows_dir / f"{fingerprint(BASE)}-{budget.key()}" / slug(shape) / slug(option) / f"seed{seed}.json"
+            if args.report_only and not path.is_file():
                 continue
-            for seed in args.seeds:
-                path = rows_dir / slug(shape) / slug(option) / f"seed{seed}.json"
-                if args.report_only and not path.is_file():
-                    continue
-                results.append(cached(path, lambda s=shape, o=option, k=seed: run_one(s, o, k, budget, work, data)))
-                print(f"done {shape} / {option} / seed {seed}", flush=True)
-    write_report(out, results, budget, OPTIONS, rows_dir)
+            if not path.is_file() and not (data / "metadata.jsonl").is_file():
+                make_dataset(data, n=budget.train_images, seed=0, variant="caption", split="train")
+            run_dir = work / f"{name}-{budget.key()}"
+            row = cached(path, lambda s=shape, o=option, k=seed, b=budget, w=run_dir, d=data: run_one(s, o, k, b, w, d))
+            results.append({**row, "budget_name": name, "budget": asdict(budget)})
+            print(f"done {name} / {shape} / {option} / seed {seed}", flush=True)
+    write_report(out, results, rows_dir)
     print(f"wrote {out}")
     return 0
 

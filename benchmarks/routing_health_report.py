@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from benchmarks.shapes_rows import Budget
 from thinkpix.analysis.stats import COLLAPSE_SHARE
 
 AGREEMENT_TARGET = 0.9
@@ -78,33 +77,44 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> Path:
     return path
 
 
-def recommendation(by_shape: dict[str, list[dict]]) -> list[str]:
-    rows = by_shape.get("M=2, T=2", [])
-    paper = next((r for r in rows if r["option"] == "paper"), None)
-    winners = sorted((r for r in rows if healthy(r)), key=lambda r: r["held_in"]["loss"])
-    if not winners or paper is None:
-        return ["No option met the rule at M=2, T=2 yet (or the paper row is missing): no recommendation."]
-    best = winners[0]
+def _vs_paper(best: dict, paper: dict) -> str:
+    agree = best["held_in"]["train_mode_agreement"], paper["held_in"]["train_mode_agreement"]
     dl = best["held_in"]["loss"] - paper["held_in"]["loss"]
     dg = 100 * (best["geneval_train_prompts"]["overall"] - paper["geneval_train_prompts"]["overall"])
-    agree = best["held_in"]["train_mode_agreement"], paper["held_in"]["train_mode_agreement"]
-    return [f"By the rule above the winner at M=2, T=2 is **{best['option']}** (`{best['fields']}`): route agreement "
-            f"{fmt(agree[0])} vs the paper's {fmt(agree[1])}, "
-            f"held-in loss {fmt(best['held_in']['loss'], 4)} vs {fmt(paper['held_in']['loss'], 4)} ({dl:+.4f}), "
-            f"training-prompt GenEval {dg:+.1f} points."]
+    return (f"route agreement {fmt(agree[0])} vs the paper's {fmt(agree[1])}, held-in loss "
+            f"{fmt(best['held_in']['loss'], 4)} vs {fmt(paper['held_in']['loss'], 4)} ({dl:+.4f}), training-prompt "
+            f"GenEval {dg:+.1f} points")
 
 
-def write_report(out: Path, results: list[dict], budget: Budget, options: dict, rows_dir: Path) -> None:
+def recommendation(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
+    lines = []
+    for (budget, shape), rows in groups.items():
+        paper = next((r for r in rows if r["option"] == "paper"), None)
+        winners = sorted((r for r in rows if healthy(r)), key=lambda r: r["held_in"]["loss"])
+        if paper is None:
+            continue
+        if not winners:
+            lines.append(f"- {budget}, {shape}: no option met the rule.")
+            continue
+        best = winners[0]
+        lines.append(f"- {budget}, {shape}: **{best['option']}** (`{best['fields']}`) wins by the rule: "
+                     f"{_vs_paper(best, paper)}; {len(winners)} of {len(rows)} options met the rule.")
+    return lines or ["No budget has both the paper row and an option yet: no recommendation."]
+
+
+def write_report(out: Path, results: list[dict], rows_dir: Path) -> None:
     out = Path(out)
-    by_shape: dict[str, list[dict]] = {}
+    groups: dict[tuple[str, str], list[dict]] = {}
     for r in results:
-        by_shape.setdefault(r["shape"], []).append(r)
+        groups.setdefault((r["budget_name"], r["shape"]), []).append(r)
     lines = ["# Routing health: does the gate learn?", "",
-             f"Produced by `python -m benchmarks.routing_health` (budget {budget}); rows cached under `{rows_dir}`.",
-             "", __doc__.split("\n\n", 1)[1].strip(), ""]
-    for shape, rows in by_shape.items():
-        png = plot_curves(rows, out.parent / "routing_health" / f"decisiveness_{shape[0]}{shape[2]}.png", shape)
-        lines += [f"## {shape}", "", *table(rows), "", f"![decisiveness {shape}]({png.relative_to(out.parent)})", ""]
-    lines += ["## Recommendation", "", *recommendation(by_shape), ""]
+             f"Produced by `python -m benchmarks.routing_health`; rows cached under `{rows_dir}`.", "",
+             __doc__.split("\n\n", 1)[1].strip(), ""]
+    for (budget, shape), rows in groups.items():
+        tag = f"{budget}_M{shape[2]}"
+        png = plot_curves(rows, out.parent / "routing_health" / f"decisiveness_{tag}.png", f"{shape} ({budget})")
+        lines += [f"## {shape}, {budget} budget", "", f"Budget: `{rows[0]['budget']}`.", "", *table(rows), "",
+                  f"![decisiveness {shape} {budget}]({png.relative_to(out.parent)})", ""]
+    lines += ["## Selection by the rule", "", *recommendation(groups), ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")

@@ -33,6 +33,7 @@ import torch
 
 from ..argtypes import positive_int
 from ..models.inspect import RoutingRecord, RoutingTrace, routing_trace
+from .health import trace_health
 from .plots import plot_usage_heatmap, usage_by_timestep
 from .stats import COLLAPSE_SHARE, RoutingStats, routing_stats
 from .trajectories import plot_expert_maps, plot_gate_entropy, plot_trajectories, trajectory_summary
@@ -172,7 +173,7 @@ def analyze_routing(model: str | Path, rsr: str | Path | None, prompts: Sequence
     ``usage_layer<L>.png`` (Fig. 4), ``trajectories_layer<L>.png`` (Fig. 3; first image),
     ``experts_layer<L>.png`` (expert per patch), ``entropy.png``, ``samples.png`` and ``summary.json``.
     Returns the summary."""
-    from ..models import rsr_config
+    from ..models import rsr_config, rsr_layers
     from ..sampling import load_target
     from ..train.validation import save_grid, to_uint8
 
@@ -193,6 +194,9 @@ def analyze_routing(model: str | Path, rsr: str | Path | None, prompts: Sequence
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize_trace(trace, buckets)
+    for layer, proc in rsr_layers(target.transformer).items():
+        if str(layer) in summary["layers"]:
+            summary["layers"][str(layer)]["health"] = trace_health(trace.for_layer(layer), proc.rsr.experts)
     images = to_uint8(images)
     figures = {"samples": save_grid(images, out / "samples.png", ncols=samples, scale=2)}
     for layer in trace_layers(trace):
