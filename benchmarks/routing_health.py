@@ -47,6 +47,8 @@ SHAPES = {"M=2, T=2": {"num_experts": 2, "latent_steps": 2, "layers": "middle"},
           "M=5, T=5": {"num_experts": 5, "latent_steps": 5, "layers": "middle"}}
 OPTIONS = {
     "paper": {},
+    "routed (noise 1 -> 0, balance 0.01)": {"gumbel_noise_end": 0.0, "balance_loss_weight": 0.01},
+    "noise 1 -> 0": {"gumbel_noise_end": 0.0},
     "noise 1 -> 0.1": {"gumbel_noise_end": 0.1},
     "gate lr x10": {"gate_lr_multiplier": 10.0},
     "combined": {"gate_lr_multiplier": 10.0, "gumbel_noise_end": 0.1, "balance_loss_weight": 0.01},
@@ -56,11 +58,14 @@ OPTIONS = {
     "z-loss 1e-3": {"z_loss_weight": 1e-3},
     "balance 0.01": {"balance_loss_weight": 0.01},  # the paper's rule already sets it for M > 3
 }
+RECOMMENDED = "routed (noise 1 -> 0, balance 0.01)"  # fixed before the screen from the first pilot row (combined)
 SKIP = {("M=5, T=5", "balance 0.01")}
-# (budget, shape, option) in the order they run: the acceptance rows at the reproduction's budget first
-PLAN = [("pilot", "M=2, T=2", "combined"), *[("screen", "M=2, T=2", o) for o in OPTIONS],
+FIRST = list(OPTIONS)[:6]
+# (budget, shape, option) in the order they run: the acceptance rows at the reproduction's budget early
+PLAN = [("pilot", "M=2, T=2", "combined"), *[("screen", "M=2, T=2", o) for o in FIRST],
+        ("pilot", "M=2, T=2", RECOMMENDED), *[("screen", "M=2, T=2", o) for o in OPTIONS if o not in FIRST],
         ("pilot", "M=2, T=2", "paper"), *[("screen", "M=5, T=5", o) for o in OPTIONS],
-        ("pilot", "M=5, T=5", "combined"), ("pilot", "M=5, T=5", "paper")]
+        ("pilot", "M=5, T=5", RECOMMENDED), ("pilot", "M=5, T=5", "paper")]
 BUDGETS = {"pilot": PILOT, "screen": SCREEN}
 
 

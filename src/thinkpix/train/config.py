@@ -225,11 +225,10 @@ PRESETS: dict[str, TrainConfig] = {
     "shapes": replace(PAPER, rank=16, batch_size=32, learning_rate=1e-3, max_steps=300, checkpointing_steps=100,
                       validation_steps=100, layers="middle"),
     # The routing pilot's recommended setting (docs/results/routing_health.md, benchmarks/routing_health.py): the
-    # "shapes" preset with a 10x gate learning rate, the Gumbel noise annealed from 1 to 0.1 and the balance loss
-    # on at M <= 3, so that training routes end up the eval-mode routes. Not the paper's setting.
+    # "shapes" preset with the Gumbel noise annealed from 1 to 0 over training (training routes become the
+    # eval-mode routes) and the balance loss on also at M <= 3 (keeps both experts in use). Not the paper's setting.
     "shapes-routed": replace(PAPER, rank=16, batch_size=32, learning_rate=1e-3, max_steps=300, checkpointing_steps=100,
-                             validation_steps=100, layers="middle", gate_lr_multiplier=10.0, gumbel_noise_end=0.1,
-                             balance_loss_weight=0.01),
+                             validation_steps=100, layers="middle", gumbel_noise_end=0.0, balance_loss_weight=0.01),
     "shapes-three": replace(PAPER, rank=16, batch_size=32, learning_rate=1e-3, max_steps=300,
                             checkpointing_steps=100, validation_steps=100, layers="three"),
     "shapes-pretrain": replace(PAPER, method="full", learning_rate=1e-3, batch_size=64, max_steps=4000,
