@@ -38,19 +38,35 @@ def flags(r: dict) -> str:
     return ", ".join(out) or "ok"
 
 
+def _delta(r: dict, paper: dict | None, digits: int) -> str:
+    if paper is None or r is paper:
+        return ""
+    loss = r["held_in"]["loss"] - paper["held_in"]["loss"]
+    geneval = 100 * (r["geneval_train_prompts"]["overall"] - paper["geneval_train_prompts"]["overall"])
+    return f" ({loss:+.{digits}f})", f" ({geneval:+.1f})"
+
+
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| option | train/eval route agreement | agreement at Gumbel(0,1) | mean margin | utilisation "
-             "| flags | input dependence | expert cosine | gate/expert grad | held-in loss | GenEval (train prompts) "
-             "| train s |", "|---|" + "---|" * 11]
+    paper = next((r for r in rows if r["option"] == "paper"), None)
+    lines = ["| option | train/eval route agreement (end) | agreement at Gumbel(0,1) | mean margin | utilisation "
+             "| flags | input dependence | expert cosine | gate/expert grad | held-in loss (vs paper) "
+             "| GenEval, train prompts (vs paper) | train s |", "|---|" + "---|" * 11]
     for r in rows:
         h = r["held_in"]
         usage = " / ".join(f"{u:.2f}" for u in h["utilisation"])
+        dloss, dgen = _delta(r, paper, 4) or ("", "")
         lines.append(f"| {r['option']} | {fmt(h['train_mode_agreement'])} | {fmt(h['agreement_unit_noise'])} "
                      f"| {fmt(h['margin'], 2)} | {usage} | {flags(r)} | {fmt(h['input_dependence'], 2)} "
                      f"| {fmt(h['divergence'], 2)} | {fmt(r['curves']['gate_to_expert_grad'], 3)} "
-                     f"| {fmt(h['loss'], 4)} | {fmt(100 * r['geneval_train_prompts']['overall'], 1)} "
+                     f"| {fmt(h['loss'], 4)}{dloss} | {fmt(100 * r['geneval_train_prompts']['overall'], 1)}{dgen} "
                      f"| {r['train_seconds']:.0f} |")
     return lines
+
+
+def mean_agreement(r: dict) -> float | None:
+    """Measured train/eval route agreement averaged over the whole run (the curve), not only its end."""
+    values = [v for v in r["curves"]["sampled_agreement"] if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def plot_curves(rows: list[dict], path: Path, title: str) -> Path:
@@ -102,6 +118,22 @@ def recommendation(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
     return lines or ["No budget has both the paper row and an option yet: no recommendation."]
 
 
+def acceptance(groups: dict[tuple[str, str], list[dict]], option: str | None = None) -> list[str]:
+    """Whether the recommended option meets the issue's acceptance line at the reproduction's budget and M=2."""
+    from benchmarks.routing_health import RECOMMENDED
+
+    rows = groups.get(("pilot", "M=2, T=2"), [])
+    lines = []
+    for r in rows:
+        h = r["held_in"]
+        verdict = "meets" if healthy(r) else "does not meet"
+        lines.append(f"- {r['option']}{' (recommended)' if r['option'] == (option or RECOMMENDED) else ''}: "
+                     f"{verdict} it: train/eval route agreement {fmt(h['train_mode_agreement'])} at the end "
+                     f"(mean over the run {fmt(mean_agreement(r))}), smallest expert share "
+                     f"{fmt(h['min_utilisation'])}, input dependence {fmt(h['input_dependence'], 2)}.")
+    return lines or ["No row at the reproduction's budget yet."]
+
+
 def write_report(out: Path, results: list[dict], rows_dir: Path) -> None:
     out = Path(out)
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -115,6 +147,7 @@ def write_report(out: Path, results: list[dict], rows_dir: Path) -> None:
         png = plot_curves(rows, out.parent / "routing_health" / f"decisiveness_{tag}.png", f"{shape} ({budget})")
         lines += [f"## {shape}, {budget} budget", "", f"Budget: `{rows[0]['budget']}`.", "", *table(rows), "",
                   f"![decisiveness {shape} {budget}]({png.relative_to(out.parent)})", ""]
-    lines += ["## Selection by the rule", "", *recommendation(groups), ""]
+    lines += ["## Selection by the rule", "", *recommendation(groups), "", "## Acceptance (reproduction's budget, M=2)",
+              "", *acceptance(groups), ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
