@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from test_core_recursion import make_rsr, perturb, run
 from test_train_engine import caption_folder
 from thinkpix import LatentStepGate, RSRConfig
-from thinkpix.analysis.health import health_scalars, trace_health
-from thinkpix.core.health import expert_divergence, gate_decisiveness, step_health
+from thinkpix.analysis.health import trace_health
+from thinkpix.core.health import expert_divergence, gate_decisiveness, gradient_scalars, health_scalars, step_health
 from thinkpix.train import TrainConfig, TrainTarget, load_image_folder, load_pipeline, preset, train
 from thinkpix.train.loop import parameter_groups
 from tiny import tiny_sd3_pipeline
@@ -126,6 +126,20 @@ def test_health_is_returned_per_step_and_does_not_change_the_output(host, tokens
     assert -1 <= h.divergence.min() <= h.divergence.max() <= 1
 
 
+def test_gradient_scalars_compare_the_gate_with_the_experts():
+    rsr = make_rsr(2, 2)
+    for p in rsr.gate.parameters():
+        p.grad = torch.ones_like(p)
+    for p in rsr.experts.parameters():
+        p.grad = torch.full_like(p, 2.0)
+    gate_n = math.sqrt(sum(p.numel() for p in rsr.gate.parameters()))
+    expert_n = 2 * math.sqrt(sum(p.numel() for p in rsr.experts.parameters()))
+    scalars = gradient_scalars({3: rsr})
+    assert scalars["health/layer3/gate_grad_norm"] == pytest.approx(gate_n)
+    assert scalars["health/layer3/gate_to_expert_grad"] == pytest.approx(gate_n / expert_n)
+    assert gradient_scalars({3: make_rsr(1, 2)}) == {}  # M = 1: no gate
+
+
 def test_z_loss_is_in_the_aux_loss_with_its_weight(tmp_path):
     from thinkpix import apply_rsr
     from thinkpix.models import aux_loss, rsr_layers, z_loss
@@ -214,7 +228,9 @@ def test_training_logs_health_and_gate_gradients_and_the_options_train(sd3_setup
     assert logged["health/layer1/step2/sampled_agreement"][3] == 1.0  # the last step trains with argmax routes
     gate = rsr_layers(target.transformer)[1].rsr.gate
     assert (gate.tau, gate.noise_scale, gate.route_per) == (1.0, 0.0, "sample")
-    assert health_scalars(rsr_layers(target.transformer))  # the latest call's health
+    scalars = health_scalars({1: rsr_layers(target.transformer)[1].last_health})  # the latest call's health
+    assert scalars["health/layer1/step1/expert0_usage"] + scalars["health/layer1/step1/expert1_usage"] == 1.0
+    assert gradient_scalars({1: rsr_layers(target.transformer)[1].rsr}) == {}  # gradients are freed after a step
 
 
 def test_finetune_cli_reaches_the_routing_options():

@@ -1,10 +1,8 @@
-"""Routing health as numbers to log and to report: decisiveness, utilisation, divergence, gradient balance.
+"""Routing health of a sampling trace (``thinkpix analyze routing``).
 
-``health_scalars`` flattens the ``StepHealth`` tuples the RSR layers returned on their latest call into
-TensorBoard scalars (``health/layer<L>/step<t>/<metric>``); ``gradient_scalars`` compares the gate's
-gradient norm with the experts' after a backward pass; ``trace_health`` computes the same decisiveness and
-divergence numbers from a ``RoutingTrace`` recorded while sampling (``thinkpix analyze routing``), where
-the eval-mode gate is deterministic and the agreement is the expected one under Gumbel(0, 1) noise.
+``trace_health`` computes the decisiveness and divergence numbers of ``thinkpix.core.health`` from a
+``RoutingTrace`` recorded while sampling, where the eval-mode gate is deterministic and the agreement is the
+expected one under Gumbel(0, 1) noise.
 """
 
 from __future__ import annotations
@@ -15,59 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..core.health import StepHealth, expert_divergence, gate_decisiveness
-
-PROJECTIONS = ("q", "k", "v")
-
-
-def _finite(value: torch.Tensor | None) -> float | None:
-    if value is None:
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def step_scalars(health: StepHealth) -> dict[str, float]:
-    """The finite numbers of one step's health: margin, agreement(s), usage per expert, divergence per projection."""
-    values = {"margin": _finite(health.margin), "agreement": _finite(health.agreement),
-              "sampled_agreement": _finite(health.sampled_agreement)}
-    values.update({f"expert{m}_usage": float(u) for m, u in enumerate(health.usage.tolist())})
-    values.update({f"divergence_{p}": _finite(d) for p, d in zip(PROJECTIONS, health.divergence)})
-    return {k: v for k, v in values.items() if v is not None}
-
-
-def health_scalars(processors: dict[int, nn.Module]) -> dict[str, float]:
-    """``health/layer<L>/step<t>/<metric>`` for every routed RSR layer (``rsr_layers(transformer)``)."""
-    scalars = {}
-    for layer, proc in processors.items():
-        if not proc.last_health or proc.rsr.config.num_experts == 1:
-            continue
-        for t, health in enumerate(proc.last_health, 1):
-            for name, value in step_scalars(health).items():
-                scalars[f"health/layer{layer}/step{t}/{name}"] = value
-    return scalars
-
-
-def _norm(params: Sequence[nn.Parameter]) -> float | None:
-    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-    return float(torch.stack(grads).norm()) if grads else None
-
-
-def gradient_scalars(processors: dict[int, nn.Module]) -> dict[str, float]:
-    """Gradient norms of each layer's gate and experts (before clipping), and their ratio: a gate whose
-    gradient is orders of magnitude below the experts' barely moves at a shared learning rate."""
-    scalars = {}
-    for layer, proc in processors.items():
-        if proc.rsr.config.num_experts == 1:
-            continue
-        gate, experts = _norm(list(proc.rsr.gate.parameters())), _norm(list(proc.rsr.experts.parameters()))
-        if gate is None or experts is None:
-            continue
-        scalars[f"health/layer{layer}/gate_grad_norm"] = gate
-        scalars[f"health/layer{layer}/expert_grad_norm"] = experts
-        if experts > 0:
-            scalars[f"health/layer{layer}/gate_to_expert_grad"] = gate / experts
-    return scalars
+from ..core.health import expert_divergence, gate_decisiveness
 
 
 def trace_health(records: Sequence, bank: nn.Module) -> dict:

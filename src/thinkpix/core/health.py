@@ -1,6 +1,8 @@
 """Routing-health metrics of one latent step: is the gate decisive, are the experts used and different?
 
-Returned as NamedTuples next to the routes (as ST-MoE's router returns its metrics), never kept as state.
+Returned as NamedTuples next to the routes (as ST-MoE's router returns its metrics), never kept as state;
+``health_scalars`` and ``gradient_scalars`` turn them (and the gate's and experts' gradient norms) into
+logged numbers.
 
 Why decisiveness is measured against the Gumbel scale: in training the route is
 ``argmax(l + s g)`` with ``g ~ Gumbel(0, 1)`` and noise scale ``s`` (1 in the paper). By the Gumbel-max
@@ -14,13 +16,16 @@ M = 2), and a zero gate reads ``agreement = 1 / M``.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 DIVERGENCE_TOKENS = 256  # tokens (evenly strided over the batch) on which the experts' deltas are compared
+PROJECTIONS = ("q", "k", "v")
 
 
 class StepHealth(NamedTuple):
@@ -83,3 +88,60 @@ def step_health(index: Tensor, logits: Tensor | None, num_experts: int, noise_sc
     margin, agreement = gate_decisiveness(logits, noise_scale)
     sampled = (index == logits.detach().argmax(-1)).float().mean() if training else None
     return StepHealth(margin, agreement, sampled, usage, divergence)
+
+
+# -- as logged scalars (TensorBoard: ``health/layer<L>/step<t>/<metric>``) ------------------------------------
+def _finite(value: Tensor | None) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _finite(value: torch.Tensor | None) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def step_scalars(health: StepHealth) -> dict[str, float]:
+    """The finite numbers of one step's health: margin, agreement(s), usage per expert, divergence per projection."""
+    values = {"margin": _finite(health.margin), "agreement": _finite(health.agreement),
+              "sampled_agreement": _finite(health.sampled_agreement)}
+    values.update({f"expert{m}_usage": float(u) for m, u in enumerate(health.usage.tolist())})
+    values.update({f"divergence_{p}": _finite(d) for p, d in zip(PROJECTIONS, health.divergence)})
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def health_scalars(health_by_layer: dict[int, Sequence[StepHealth] | None]) -> dict[str, float]:
+    """``health/layer<L>/step<t>/<metric>`` for every layer's latest ``RSROutput.health`` (None: not measured)."""
+    scalars = {}
+    for layer, steps in health_by_layer.items():
+        for t, health in enumerate(steps or (), 1):
+            for name, value in step_scalars(health).items():
+                scalars[f"health/layer{layer}/step{t}/{name}"] = value
+    return scalars
+
+
+def _norm(params: Sequence[nn.Parameter]) -> float | None:
+    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else None
+
+
+def gradient_scalars(modules: dict[int, nn.Module]) -> dict[str, float]:
+    """Gradient norms of each layer's gate and experts (``RecursiveSparseReasoning`` modules by layer, after
+    backward and before clipping) and their ratio: a gate whose gradient is orders of magnitude below the
+    experts' barely moves at a shared learning rate."""
+    scalars = {}
+    for layer, rsr in modules.items():
+        if rsr.config.num_experts == 1:
+            continue
+        gate, experts = _norm(list(rsr.gate.parameters())), _norm(list(rsr.experts.parameters()))
+        if gate is None or experts is None:
+            continue
+        scalars[f"health/layer{layer}/gate_grad_norm"] = gate
+        scalars[f"health/layer{layer}/expert_grad_norm"] = experts
+        if experts > 0:
+            scalars[f"health/layer{layer}/gate_to_expert_grad"] = gate / experts
+    return scalars

@@ -24,9 +24,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from ..analysis.health import gradient_scalars, health_scalars
 from ..analysis.stats import step_stats
 from ..core.config import RSRConfig
+from ..core.health import gradient_scalars, health_scalars
 from ..models import apply_rsr, aux_loss, rsr_layers, save_rsr, set_gumbel, set_step_checkpointing
 from ..models.checkpoint import rsr_state_dict
 from .config import TrainConfig
@@ -103,7 +103,8 @@ def _routing_scalars(target: TrainTarget) -> dict[str, float]:
         scalars[f"routing/layer{layer}/gate_entropy"] = stats.entropy.mean().item()
         if stats.consistency.numel():
             scalars[f"routing/layer{layer}/consistency"] = stats.consistency.mean().item()
-    return {**scalars, **health_scalars(rsr_layers(target.transformer))}
+    return {**scalars, **health_scalars({i: p.last_health for i, p in rsr_layers(target.transformer).items()
+                                         if p.rsr.config.num_experts > 1})}
 
 
 def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: str | Path, resume: str | None = None,
@@ -204,7 +205,7 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
                 if accelerator.sync_gradients and world > 1 and target.train_text_encoder:
                     _average_outside_ddp(accelerator, named)
                 if accelerator.sync_gradients and cfg.method != "full" and not cfg.fsdp:
-                    grad_logs = gradient_scalars(rsr_layers(target.transformer))
+                    grad_logs = gradient_scalars({i: p.rsr for i, p in rsr_layers(target.transformer).items()})
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
