@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -27,11 +29,12 @@ from benchmarks.reproduce_tables import FULL
 from benchmarks.routing_health_report import write_report
 from benchmarks.shapes_rows import Budget, Row, cached, finetuned, fingerprint, geneval_row, spread
 from benchmarks.training_log import read_scalars
-from thinkpix.core.health import gate_decisiveness
+from thinkpix.core.health import gate_decisiveness, gradient_scalars, health_scalars
 from thinkpix.models import rsr_layers
 from thinkpix.shapes.dataset import make_dataset
 from thinkpix.shapes.prompts import training_metadata
-from thinkpix.train import load_image_folder
+from thinkpix.train import TrainTarget, load_image_folder, load_pipeline, preset
+from thinkpix.train.loop import trainable_parameters
 from thinkpix.train.objectives import flow_matching_loss, training_scheduler
 
 BASE = "shapes-t2i"
@@ -164,6 +167,40 @@ def run_one(shape: str, option: str, seed: int, budget: Budget, work: Path, data
             "curves": curves, "geneval_train_prompts": geneval["scores"], "geneval_images": geneval["images"]}
 
 
+def health_overhead(rounds: int = 9, batch: int = 8) -> dict:
+    """CPU time of one training forward + backward of the base with M=5, T=5 on the middle layer, routing-health
+    metrics (and their logged scalars) on vs off, interleaved; medians over ``rounds``."""
+    target = TrainTarget(load_pipeline(BASE))
+    trainable_parameters(target, preset("shapes", num_experts=5, latent_steps=5))
+    target.transformer.train()
+    config = target.transformer.config
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, config.in_channels, config.sample_size, config.sample_size, generator=g)
+    t = torch.full((batch,), 500.0)
+    cond = target.conditions(captions=["a photo of a red circle"] * batch)
+    layers = rsr_layers(target.transformer)
+
+    def step(on: bool) -> float:
+        for proc in layers.values():
+            proc.rsr.measure_health = on
+        start = time.process_time()
+        target.transformer(hidden_states=x, timestep=t, **cond).sample.square().mean().backward()
+        if on:
+            health_scalars({i: p.last_health for i, p in layers.items()})
+            gradient_scalars({i: p.rsr for i, p in layers.items()})
+        target.transformer.zero_grad(set_to_none=True)
+        return time.process_time() - start
+
+    step(True), step(False)  # warm-up
+    times = {True: [], False: []}
+    for _ in range(rounds):
+        for on in (False, True):
+            times[on].append(step(on))
+    off, on = statistics.median(times[False]), statistics.median(times[True])
+    return {"batch": batch, "rounds": rounds, "threads": torch.get_num_threads(), "off_ms": 1e3 * off,
+            "on_ms": 1e3 * on, "overhead": on / off - 1}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny budget (tests): writes into --work")
@@ -199,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
             row = cached(path, lambda s=shape, o=option, k=seed, b=budget, w=run_dir, d=data: run_one(s, o, k, b, w, d))
             results.append({**row, "budget_name": name, "budget": asdict(budget)})
             print(f"done {name} / {shape} / {option} / seed {seed}", flush=True)
-    write_report(out, results, rows_dir)
+    overhead = None
+    if not args.quick:
+        overhead = cached(rows_dir / "health_overhead.json", health_overhead) if not args.report_only or (
+            rows_dir / "health_overhead.json").is_file() else None
+    write_report(out, results, rows_dir, overhead)
     print(f"wrote {out}")
     return 0
 

@@ -134,7 +134,7 @@ def acceptance(groups: dict[tuple[str, str], list[dict]], option: str | None = N
     return lines or ["No row at the reproduction's budget yet."]
 
 
-def write_report(out: Path, results: list[dict], rows_dir: Path) -> None:
+def write_report(out: Path, results: list[dict], rows_dir: Path, overhead: dict | None = None) -> None:
     out = Path(out)
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results:
@@ -147,6 +147,12 @@ def write_report(out: Path, results: list[dict], rows_dir: Path) -> None:
         png = plot_curves(rows, out.parent / "routing_health" / f"decisiveness_{tag}.png", f"{shape} ({budget})")
         lines += [f"## {shape}, {budget} budget", "", f"Budget: `{rows[0]['budget']}`.", "", *table(rows), "",
                   f"![decisiveness {shape} {budget}]({png.relative_to(out.parent)})", ""]
+    if overhead:
+        lines += ["## Cost of the metrics", "", f"One training forward + backward of `shapes-t2i` with M=5, T=5 "
+                  f"(batch {overhead['batch']}, {overhead['threads']} thread(s), CPU time, median of "
+                  f"{overhead['rounds']} interleaved rounds): {overhead['off_ms']:.0f} ms without the routing-health "
+                  f"metrics, {overhead['on_ms']:.0f} ms with them and their logged scalars "
+                  f"({100 * overhead['overhead']:+.1f}%).", ""]
     lines += ["## Selection by the rule", "", *recommendation(groups), "", "## Acceptance (reproduction's budget, M=2)",
               "", *acceptance(groups), ""]
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -74,12 +74,12 @@ def test_expert_divergence_known_answers():
     b = torch.randn(1, 3, 4, 12).repeat(3, 1, 1, 1)
     x = torch.randn(2, 40, 16)
     a[:] = a[0]  # identical experts
-    torch.testing.assert_close(expert_divergence(a, b, 0.5, x), torch.ones(3))
+    torch.testing.assert_close(expert_divergence(a, b, x), torch.ones(3))
     b2 = b.clone()
     b2[1] = -b[0]  # experts 0 and 1 opposite, 2 equal to 0: pairs (0,1) -1, (0,2) 1, (1,2) -1
-    torch.testing.assert_close(expert_divergence(a, b2, 0.5, x), torch.full((3,), -1 / 3))
-    assert expert_divergence(a, torch.zeros_like(b), 0.5, x).isnan().all()  # B = 0: no update to compare
-    assert expert_divergence(a[:1], b[:1], 0.5, x).isnan().all()
+    torch.testing.assert_close(expert_divergence(a, b2, x), torch.full((3,), -1 / 3))
+    assert expert_divergence(a, torch.zeros_like(b), x).isnan().all()  # B = 0: no update to compare
+    assert expert_divergence(a[:1], b[:1], x).isnan().all()
 
 
 def test_per_sample_routes_give_every_token_of_a_sample_one_expert(host, tokens):

@@ -32,7 +32,7 @@ def trace_health(records: Sequence, bank: nn.Module) -> dict:
         agreement.append(round(float(at), 6))
         if records[0].states is not None:
             states = torch.cat([r.states[t] for r in records], 0)
-            div = expert_divergence(bank.lora_A, bank.lora_B, bank.scaling, states.to(bank.lora_A.device))
+            div = expert_divergence(bank.lora_A, bank.lora_B, states.to(bank.lora_A.device))
             divergence.append([None if not math.isfinite(v) else round(v, 6) for v in div.tolist()])
     return {"margin": margin, "agreement": agreement, "divergence": divergence or None,
             "gumbel_scale": 1.0, "note": "agreement: expected share of tokens whose training-mode route "

@@ -49,29 +49,29 @@ def gate_decisiveness(logits: Tensor, noise_scale: float = 1.0) -> tuple[Tensor,
     return margin, agreement
 
 
-def expert_divergence(lora_a: Tensor, lora_b: Tensor, scaling: float, x: Tensor,
-                      max_tokens: int = DIVERGENCE_TOKENS) -> Tensor:
-    """(3,) mean pairwise cosine between experts' Q/K/V updates ``scaling * B_m A_m x`` on the same tokens.
+def expert_divergence(lora_a: Tensor, lora_b: Tensor, x: Tensor, max_tokens: int = DIVERGENCE_TOKENS) -> Tensor:
+    """(3,) mean pairwise cosine between experts' Q/K/V updates ``B_m A_m x`` on the same tokens.
 
     ``lora_a`` (M, D, 3r) and ``lora_b`` (M, 3, r, D_out) are an ``ExpertBank``'s factors, ``x`` (..., D) the
     step input. 1 means the experts move the tokens the same way (they have not specialised), 0 orthogonal
     updates, -1 opposite ones. Token pairs where an update is exactly zero (B = 0 at initialisation) are left
-    out; nan when none is left.
+    out; nan when none is left. The updates are never formed: with ``u_m = A_m x`` (r values per projection),
+    ``<B_m u_m, B_n u_n> = u_m^T (B_m B_n^T) u_n``, so the cost is one r x r Gram matrix per expert pair.
     """
     m, rank = lora_a.shape[0], lora_b.shape[2]
     if m < 2:
         return x.new_full((3,), float("nan"), dtype=torch.float32)
     flat = x.detach().reshape(-1, x.shape[-1])
-    stride = max(1, flat.shape[0] // max_tokens)
-    tokens = flat[::stride][:max_tokens].float()
+    tokens = flat[:: max(1, flat.shape[0] // max_tokens)][:max_tokens].float()
     a, b = lora_a.detach().float(), lora_b.detach().float()
-    h = torch.einsum("nd,mdk->mnk", tokens, a).view(m, -1, 3, rank)
-    delta = torch.einsum("mnjr,mjro->jmno", h, b) * scaling  # (3, M, n, D_out)
-    unit = F.normalize(delta, dim=-1)
-    nonzero = delta.norm(dim=-1) > 0  # (3, M, n)
+    u = torch.matmul(tokens, a).view(m, -1, 3, rank).permute(2, 1, 0, 3)  # (3, n, M, r)
+    factors = b.permute(1, 0, 2, 3).reshape(3, m * rank, -1)  # (3, M r, D_out)
+    gram = torch.matmul(factors, factors.transpose(1, 2)).view(3, m, rank, m, rank)
+    inner = torch.einsum("jnar,jarbs,jnbs->jnab", u, gram, u)  # (3, n, M, M): <delta_a, delta_b> per token
+    norm = inner.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()  # (3, n, M)
     i, j = torch.triu_indices(m, m, offset=1)
-    cosine = (unit[:, i] * unit[:, j]).sum(-1)  # (3, pairs, n)
-    valid = nonzero[:, i] & nonzero[:, j]
+    valid = (norm[..., i] > 0) & (norm[..., j] > 0)  # (3, n, pairs)
+    cosine = inner[..., i, j] / (norm[..., i] * norm[..., j]).clamp_min(torch.finfo(torch.float32).tiny)
     count = valid.sum((1, 2))
     total = torch.where(valid, cosine, torch.zeros_like(cosine)).sum((1, 2))
     return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))

@@ -144,7 +144,7 @@ class RecursiveSparseReasoning(nn.Module):
     @torch.no_grad()
     def _health(self, h: Tensor, decision: GateDecision) -> StepHealth:
         bank = self.experts
-        divergence = expert_divergence(bank.lora_A, bank.lora_B, bank.scaling, h)
+        divergence = expert_divergence(bank.lora_A, bank.lora_B, h)
         return step_health(decision.index, decision.logits, bank.num_experts, self.gate.noise_scale,
                            self.training, divergence)
 
