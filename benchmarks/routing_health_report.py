@@ -84,7 +84,7 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> Path:
     left.set(xlabel="training step", ylabel="share of tokens: training route = argmax route",
              title=f"{title}: route agreement while training")
     right.set(xlabel="training step", ylabel="mean top-two logit margin", title=f"{title}: gate margin",
-              yscale="symlog")
+              yscale="log")
     right.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

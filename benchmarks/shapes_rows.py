@@ -24,8 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from thinkpix.eval.geneval import generate_geneval, score_geneval_folder
 from thinkpix.models import routing_trace, rsr_parameters
 from thinkpix.models.hosts import rsr_install
+from thinkpix.pipelines import SHIPPED
 from thinkpix.train import TrainTarget, load_image_folder, load_pipeline, preset, train
-from thinkpix.train.targets import SHIPPED
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def finetuned(base: str, data_dir: Path, row: Row, seed: int, steps: int, batch_
     cfg = preset(row.preset, method=row.method, max_steps=steps, batch_size=batch_size, seed=seed,
                  validation_steps=0, checkpointing_steps=steps, checkpoints_total_limit=1, **row.fields)
     started = time.perf_counter()
-    train(target, load_image_folder(data_dir), cfg, out, report_to=report_to, progress=False)
+    train(target, load_image_folder(data_dir), cfg, out, report_to=report_to, progress=False, overwrite=True)
     cost.update(train_seconds=time.perf_counter() - started, train_steps=steps,
                 trainable_params=sum(p.numel() for p in rsr_parameters(target.transformer)))
     target.transformer.eval()

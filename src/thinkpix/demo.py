@@ -18,11 +18,11 @@ import torch
 
 from .analysis.plots import plot_usage_heatmap
 from .eval.geneval import format_scores, generate_geneval, score_geneval_folder
+from .images import save_grid
 from .models import remove_rsr, routing_trace, rsr_layers
 from .shapes.dataset import make_dataset
 from .shapes.prompts import evaluation_metadata
 from .train import TrainTarget, load_image_folder, load_pipeline, preset, train
-from .train.validation import save_grid
 
 FULL = dict(train_images=2000, max_steps=300, samples=2, eval_steps=20)
 QUICK = dict(train_images=64, max_steps=4, samples=1, eval_steps=4, prompts=12)
@@ -58,7 +58,8 @@ def run_demo(out: Path, quick: bool = False, base: str = "shapes-t2i") -> str:
     target.transformer.eval()
     generate_geneval(target, records, out / "samples" / "base", samples=plan["samples"], steps=plan["eval_steps"])
     timings["sample base"] = time.perf_counter() - started
-    result = train(target, load_image_folder(data_dir), cfg, out / "finetune", report_to="tensorboard")
+    result = train(target, load_image_folder(data_dir), cfg, out / "finetune", report_to="tensorboard",
+                   overwrite=True)  # a rerun of the demo starts over
     timings["fine-tune"] = time.perf_counter() - started - sum(timings.values())
     target.transformer.eval()
     with routing_trace(target.transformer) as trace:
