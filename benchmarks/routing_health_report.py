@@ -18,6 +18,20 @@ MIN_SHARE = 0.05
 INPUT_DEPENDENT = 0.2  # mean per-sample TV from the batch's usage above which lopsidedness follows the input
 
 
+COLUMNS = """\
+Budgets: **pilot** is the reproduction's fine-tuning budget (`reproduce_tables.FULL`: 2000 training images,
+250 steps, batch 32, the `shapes` preset, middle layer); **screen** is the same at batch 8, to fit every option
+on the shared 2-core machine. Columns, on a fixed batch of 32 training images (held-in) after training:
+*train/eval route agreement*: measured share of tokens whose training-mode route (Gumbel noise at the run's
+final scale) equals the eval-mode argmax route; *agreement at Gumbel(0,1)*: the expected share under the
+paper's unit noise, `softmax(l)` at the argmax (0.5 is a coin flip at M=2, 0.2 at M=5); *mean margin*: top-two
+logit gap; *utilisation*: eval-mode share of each expert (collapsed: one above 90%); *input dependence*: mean
+total-variation distance between a sample's expert usage and the batch's (0: every sample routed alike);
+*expert cosine*: mean cosine between experts' Q/K/V updates on the same tokens; *gate/expert grad*: gradient
+norm ratio over the last 50 steps; *held-in loss*: eval-mode rectified-flow loss at fixed noise; *GenEval*:
+Shapes-GenEval overall on training prompts (1 image each). One seed per row.
+"""
+
 # The reading of the cached rows (seed 0, one run per row), written from the tables this module prints.
 READING = """\
 ## Reading (one seed per row)
@@ -183,7 +197,7 @@ def write_report(out: Path, results: list[dict], rows_dir: Path, overhead: dict 
         groups.setdefault((r["budget_name"], r["shape"]), []).append(r)
     lines = ["# Routing health: does the gate learn?", "",
              f"Produced by `python -m benchmarks.routing_health`; rows cached under `{rows_dir}`.", "",
-             __doc__.split("\n\n", 1)[1].strip(), ""]
+             __doc__.split("\n\n", 1)[1].strip(), "", COLUMNS]
     for (budget, shape), rows in groups.items():
         tag = f"{budget}_M{shape[2]}"
         png = plot_curves(rows, out.parent / "routing_health" / f"decisiveness_{tag}.png", f"{shape} ({budget})")

@@ -262,3 +262,23 @@ def test_trace_health_from_probabilities():
         [torch.sigmoid(torch.tensor(2.0)).item()] * 2)
     assert health["divergence"] == [[None] * 3] * 2  # B = 0: nothing to compare yet
     json.dumps(health)
+
+
+def test_benchmark_input_dependence_and_selection_rule():
+    from benchmarks.routing_health import input_dependence
+    from benchmarks.routing_health_report import flags, healthy
+
+    alike = torch.zeros(2, 4, 10, dtype=torch.long)  # every sample on expert 0
+    assert input_dependence(alike, 2) == 0
+    split = torch.zeros(1, 4, 10, dtype=torch.long)
+    split[:, 2:] = 1  # half the samples on each expert: TV 0.5 from the batch's 50/50
+    assert input_dependence(split, 2) == pytest.approx(0.5)
+
+    def row(agreement, usage, dependence):
+        return {"held_in": {"train_mode_agreement": agreement, "min_utilisation": min(usage),
+                            "max_utilisation": max(usage), "input_dependence": dependence}}
+
+    assert healthy(row(0.95, [0.4, 0.6], 0.0)) and not healthy(row(0.85, [0.4, 0.6], 0.0))
+    assert not healthy(row(0.99, [0.02, 0.98], 0.0)) and flags(row(0.99, [0.02, 0.98], 0.0)) == "collapsed"
+    assert healthy(row(0.99, [0.04, 0.5, 0.46], 0.3))  # a rare expert is fine when routes follow the input
+    assert flags(row(0.99, [0.04, 0.5, 0.46], 0.3)) == "expert < 5% (input-dependent)"
