@@ -132,6 +132,8 @@ def held_in(target, data_dir: Path, seed: int) -> dict:
     def loss() -> float:
         return float(flow_matching_loss(forward, x0, scheduler, torch.Generator().manual_seed(seed + 1)))
 
+    for proc in rsr_layers(target.transformer).values():
+        proc.rsr.measure_health = True  # eval-mode health too (by default only training measures it)
     with torch.no_grad():
         target.transformer.eval()
         eval_loss, routes = loss(), _routes(target)

@@ -76,7 +76,9 @@ class RecursiveSparseReasoning(nn.Module):
         # keep the recorded states attached to the graph, so that a loss on them (e.g. a decoder of every
         # latent step, FrozenLake planning) trains the recursion; off: states are detached copies
         self.state_grad = False
-        self.measure_health = True  # routing-health metrics in RSROutput.health (detached, a few small matmuls)
+        # routing-health metrics in RSROutput.health (detached, a few small matmuls): None = in training only (so
+        # inference compute and FLOP counts stay the model's own), True = also in eval mode, False = never
+        self.measure_health: bool | None = None
 
     def forward(
         self,
@@ -117,7 +119,8 @@ class RecursiveSparseReasoning(nn.Module):
                                  (h if self.state_grad else h.detach()) if self.record_states else None))
             if decision.logits is not None:  # routed by the gate (not M=1, not random routing)
                 losses.append(balance_loss(decision.probs, decision.index))
-            if self.measure_health:
+            measure = self.training if self.measure_health is None else self.measure_health
+            if measure:
                 health.append(self._health(h, decision))
             if last:
                 vision, text = self._step(h, decision, base_qkv(x), attend)
@@ -139,7 +142,7 @@ class RecursiveSparseReasoning(nn.Module):
             state = new_state  # a~_t = a_t + x~ (Algorithm 1, line 27); frozen where halted
         loss = torch.stack(losses).mean() if losses else x.new_zeros((), dtype=torch.float32)
         return RSROutput(vision, text, tuple(steps), loss, None if ponder is None else ponder.ponder_cost(), used,
-                         tuple(health) if self.measure_health else None)
+                         tuple(health) if health else None)
 
     @torch.no_grad()
     def _health(self, h: Tensor, decision: GateDecision) -> StepHealth:
