@@ -104,8 +104,9 @@ def cached(path: Path, compute: Callable[[], dict]) -> dict:
 
 
 def finetuned(base: str, data_dir: Path, row: Row, seed: int, steps: int, batch_size: int,
-              out: Path) -> tuple[TrainTarget, dict]:
-    """The base with the row's method fine-tuned in (in memory) and the cost of doing so."""
+              out: Path, report_to: str | None = None) -> tuple[TrainTarget, dict]:
+    """The base with the row's method fine-tuned in (in memory) and the cost of doing so; with
+    ``report_to="tensorboard"`` the training log is written under ``out``."""
     target = TrainTarget(load_pipeline(base))
     cost = {"train_seconds": 0.0, "train_steps": 0, "trainable_params": 0}
     if row.method == "base":
@@ -114,7 +115,7 @@ def finetuned(base: str, data_dir: Path, row: Row, seed: int, steps: int, batch_
     cfg = preset(row.preset, method=row.method, max_steps=steps, batch_size=batch_size, seed=seed,
                  validation_steps=0, checkpointing_steps=steps, checkpoints_total_limit=1, **row.fields)
     started = time.perf_counter()
-    train(target, load_image_folder(data_dir), cfg, out, report_to=None, progress=False, overwrite=True)
+    train(target, load_image_folder(data_dir), cfg, out, report_to=report_to, progress=False, overwrite=True)
     cost.update(train_seconds=time.perf_counter() - started, train_steps=steps,
                 trainable_params=sum(p.numel() for p in rsr_parameters(target.transformer)))
     target.transformer.eval()

@@ -189,6 +189,10 @@ def test_analyze_routing_end_to_end(tiny_rsr, tmp_path):
     assert sum(layer["utilisation"]) == pytest.approx(1.0) and len(layer["entropy"]) == 3
     assert len(layer["usage_by_timestep"]) == 3 and layer["specialisation"]["mean_tv"] is not None
     assert set(layer["trajectories"]) == {"early", "late"}
+    health = layer["health"]  # decisiveness against Gumbel(0, 1) noise and expert divergence per latent step
+    assert len(health["margin"]) == len(health["agreement"]) == len(health["divergence"]) == 3
+    assert all(m >= 0 for m in health["margin"]) and all(1 / 2 <= a <= 1 for a in health["agreement"])
+    assert all(len(d) == 3 and all(v is None or -1 <= v <= 1 for v in d) for d in health["divergence"])
     names = {"samples.png", "usage_layer1.png", "trajectories_layer1.png", "experts_layer1.png", "entropy.png"}
     assert set(summary["run"]["figures"].values()) == names
     for name in names:

@@ -17,11 +17,14 @@ from pathlib import Path
 from . import __version__
 from .errors import notices_to_stderr
 
+# routing options beyond the paper: flags --dispatch, --route-per, ... with the TrainConfig field's help text
+ROUTING_FIELDS = ("dispatch", "route_per", "z_loss_weight", "gate_lr_multiplier", "gumbel_tau_end",
+                  "gumbel_noise_end")
 TRAIN_FIELDS = ("num_experts", "latent_steps", "rank", "gumbel_tau", "routing", "gate_input", "balance_loss_weight",
                 "halting", "halt_threshold", "ponder_weight", "learning_rate", "lr_scheduler",
                 "lr_warmup_steps", "lr_decay_steps", "batch_size",
                 "gradient_accumulation_steps", "max_steps", "mixed_precision", "ema_decay", "checkpointing_steps",
-                "checkpoints_total_limit", "validation_steps", "seed")
+                "checkpoints_total_limit", "validation_steps", "seed", *ROUTING_FIELDS)
 
 
 def _layers(text: str):
@@ -53,7 +56,10 @@ def _add_train_options(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--routing", choices=("learned", "random"))
     p.add_argument("--gate-input", choices=("full", "tokens"),
                    help="what the gate sees: tokens + condition + step (paper) or tokens only (Fig. 4 ablation)")
-    p.add_argument("--balance-loss-weight", type=float)
+    p.add_argument("--balance-loss-weight", type=float,
+                   help="weight of the expert-balance loss (default: the paper's rule, 0.01 for more than 3 experts "
+                        "and off for 3 or fewer; set it to turn the loss on for M <= 3)")
+    _add_routing_options(p)
     p.add_argument("--halting", choices=("none", "delta", "confidence", "learned"),
                    help="adaptive halting of the latent steps at inference (learned: trains an ACT halting head)")
     p.add_argument("--halt-threshold", type=float, help="halting criterion threshold (default: the criterion's)")
@@ -78,6 +84,19 @@ def _add_train_options(p: argparse.ArgumentParser, default_preset: str) -> None:
                    help="shard the transformer's blocks, gradients and optimizer state over the processes "
                         "(FSDP2; launch with accelerate launch --num_processes N)")
     p.add_argument("--seed", type=int)
+
+
+def _add_routing_options(p: argparse.ArgumentParser) -> None:
+    from dataclasses import fields
+
+    from .core.config import DISPATCHES, ROUTE_UNITS
+    from .train.config import TrainConfig
+
+    helps = {f.name: f.metadata["help"] for f in fields(TrainConfig) if f.name in ROUTING_FIELDS}
+    p.add_argument("--dispatch", choices=DISPATCHES, help=helps["dispatch"])
+    p.add_argument("--route-per", choices=ROUTE_UNITS, help=helps["route_per"])
+    for name in ROUTING_FIELDS[2:]:
+        p.add_argument("--" + name.replace("_", "-"), type=float, help=helps[name])
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:

@@ -35,6 +35,7 @@ import torch
 from ..argtypes import positive_int
 from ..core.stats import COLLAPSE_SHARE, RoutingStats, routing_stats
 from ..models.inspect import RoutingRecord, RoutingTrace, routing_trace
+from .health import trace_health
 from .plots import plot_usage_heatmap, usage_by_timestep
 from .trajectories import plot_expert_maps, plot_gate_entropy, plot_trajectories, trajectory_summary
 
@@ -180,7 +181,7 @@ def analyze_routing(model: str | Path, rsr: str | Path | None, prompts: Sequence
     ``experts_layer<L>.png`` (expert per patch), ``entropy.png``, ``samples.png`` and ``summary.json``.
     Returns the summary."""
     from ..images import save_grid, to_uint8
-    from ..models import rsr_config
+    from ..models import rsr_config, rsr_layers
     from ..sampling import load_target
 
     if not prompts:
@@ -200,6 +201,9 @@ def analyze_routing(model: str | Path, rsr: str | Path | None, prompts: Sequence
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize_trace(trace, buckets)
+    for layer, proc in rsr_layers(target.transformer).items():
+        if str(layer) in summary["layers"]:
+            summary["layers"][str(layer)]["health"] = trace_health(trace.for_layer(layer), proc.rsr.experts)
     images = to_uint8(images)
     figures = {"samples": save_grid(images, out / "samples.png", ncols=samples, labels=[str(c) for c in repeated])}
     for layer in trace_layers(trace):

@@ -18,6 +18,7 @@ DISPATCHES = ("sorted", "grouped", "dense")
 GATE_INPUTS = ("full", "tokens")
 HALTINGS = ("none", "delta", "confidence", "learned")
 HALT_UNITS = ("token", "sample")
+ROUTE_UNITS = ("token", "sample")
 # Default threshold per criterion: relative state change, gate max-probability, halting probability.
 HALT_THRESHOLDS = {"delta": 0.05, "confidence": 0.9, "learned": 0.5}
 
@@ -76,6 +77,13 @@ class RSRConfig:
         halt_per: ``"token"`` or ``"sample"``: what stops as a unit.
         halt_threshold: criterion threshold; ``None`` picks the criterion's default.
         ponder_weight: weight of the expected-number-of-steps cost of the learned halting head.
+        gumbel_noise_scale: s in the training route ``argmax(l + s g)``, g ~ Gumbel(0, 1) (>= 0; paper: 1).
+            The hard route ignores tau, so s is what sets how random training routes are: with logit
+            margin m (M = 2) a token takes its eval-mode route with probability sigmoid(|m| / s).
+        route_per: ``"token"`` (the paper: one expert per token and step) or ``"sample"`` (one expert per
+            sample and step, from the mean of its tokens' logits, as InstructMoLE argues for).
+        z_loss_weight: weight of the router z-loss ``mean(logsumexp(l)^2)`` (ST-MoE, Zoph et al. 2022,
+            eq. 5; they use 1e-3), which keeps gate logits small; 0 (paper) turns it off.
     """
 
     num_experts: int = 2
@@ -94,6 +102,9 @@ class RSRConfig:
     halt_per: str = "token"
     halt_threshold: float | None = None
     ponder_weight: float = 0.01
+    gumbel_noise_scale: float = 1.0
+    route_per: str = "token"
+    z_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("num_experts", "latent_steps", "rank"):
@@ -138,6 +149,14 @@ class RSRConfig:
             math.isfinite(self.ponder_weight) and self.ponder_weight >= 0
         ):
             _fail("ponder_weight", self.ponder_weight, "a finite number >= 0")
+        for name in ("gumbel_noise_scale", "z_loss_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and value >= 0):
+                _fail(name, value, "a finite number >= 0")
+            setattr(self, name, float(value))
+        if self.route_per not in ROUTE_UNITS:
+            _fail("route_per", self.route_per, " or ".join(map(repr, ROUTE_UNITS)))
         if not isinstance(self.remodulate, bool):
             _fail("remodulate", self.remodulate, "True or False")
         if not _is_int(self.seed) or self.seed < 0:

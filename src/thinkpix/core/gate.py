@@ -21,6 +21,13 @@ Which straight-through estimator the gate gets depends on the dispatch path:
 
 In eval mode the gate takes ``argmax logits`` (deterministic). With ``routing="random"`` each token
 gets a uniformly random expert from the same seeded generator and the gate is not evaluated.
+
+The hard route ``argmax((logits + g) / tau) = argmax(logits + g)`` does not depend on tau: tau only scales the
+straight-through gradient (by 1/tau) and flattens ``soft``. How random the training routes are is set by the
+logit margin against the Gumbel scale, so the gate has a ``noise_scale`` s (``z = logits + s g``; 1 in the
+paper): s < 1 makes training routes follow the eval-mode argmax more often (s = 0: always), whatever tau is.
+With ``route_per="sample"`` the token logits are averaged over the tokens of a sample and the whole sample
+takes one expert per latent step (one global route per sample, as InstructMoLE argues for).
 """
 
 from __future__ import annotations
@@ -73,10 +80,12 @@ class LatentStepGate(nn.Module):
         routing: str = "learned",
         gate_input: str = "full",
         seed: int = 0,
+        noise_scale: float = 1.0,
+        route_per: str = "token",
     ):
         super().__init__()
         self.num_experts, self.tau, self.routing, self.gate_input = num_experts, tau, routing, gate_input
-        self.seed = seed
+        self.seed, self.noise_scale, self.route_per = seed, noise_scale, route_per
         # Only what is used has parameters, so that parameter counts (and DDP) see the real model: nothing
         # for M = 1 (plain LoRA, nothing to route), no step/condition context for the tokens-only ablation.
         routed = num_experts > 1
@@ -135,10 +144,13 @@ class LatentStepGate(nn.Module):
             ones = x.new_ones(*lead, 1, dtype=torch.float32)
             return GateDecision(torch.zeros(lead, dtype=torch.long, device=x.device), ones, ones, None)
         if self.routing == "random" and forced is None:
-            index = noise.randint(x[..., 0].detach(), m, self._noise_key)
+            like = x[..., :1, 0] if self.route_per == "sample" else x[..., 0]  # one draw per decision
+            index = noise.randint(like.detach(), m, self._noise_key).expand(lead)
             probs = x.new_full((*lead, m), 1.0 / m, dtype=torch.float32)
             return GateDecision(index, F.one_hot(index, m).float(), probs, None)
         logits = self.proj(x if context is None else x + context).float()  # (B, N, M)
+        if self.route_per == "sample":  # one route per sample: the mean token logit (B, 1, M), broadcast below
+            logits = logits.mean(-2, keepdim=True).expand(logits.shape)
         probs = logits.softmax(-1)
         if forced is not None:
             index = forced.to(device=x.device, dtype=torch.long).expand(lead)
@@ -146,12 +158,14 @@ class LatentStepGate(nn.Module):
         if not self.training:
             index = logits.argmax(-1)
             return GateDecision(index, F.one_hot(index, m).float(), probs, logits)
-        expo = noise.exponential(logits.detach(), self._noise_key)  # Exp(1) from the gate's generator
+        draw = logits[..., :1, :] if self.route_per == "sample" else logits  # one draw per decision
+        expo = noise.exponential(draw.detach(), self._noise_key)  # Exp(1) from the gate's generator
         gumbel = -expo.clamp_min(torch.finfo(torch.float32).tiny).log()  # -log Exp(1) ~ Gumbel(0, 1), fp32
-        soft = ((logits + gumbel) / self.tau).softmax(-1)
+        soft = ((logits + self.noise_scale * gumbel) / self.tau).softmax(-1)
         index = soft.argmax(-1)
         weights = F.one_hot(index, m).float() + (soft - soft.detach())  # exact one-hot value, ST gradient
         return GateDecision(index, weights, probs, logits)
 
     def extra_repr(self) -> str:
-        return f"experts={self.num_experts}, tau={self.tau}, routing={self.routing!r}, input={self.gate_input!r}"
+        return (f"experts={self.num_experts}, tau={self.tau}, noise_scale={self.noise_scale}, "
+                f"routing={self.routing!r}, input={self.gate_input!r}, per={self.route_per!r}")

@@ -29,6 +29,7 @@ from .config import RSRConfig
 from .experts import ExpertBank
 from .gate import GateDecision, LatentStepGate, balance_loss
 from .halting import HaltingHead, PonderMixture, halt_now
+from .health import StepHealth, expert_divergence, step_health
 
 QKV = tuple[Tensor, Tensor, Tensor]
 # attend(q, k, v, vision_only=False) with vision projections (B, N, D) -> (vision output (B, N, D), text output
@@ -56,6 +57,7 @@ class RSROutput(NamedTuple):
     balance_loss: Tensor  # scalar: unweighted balance loss, mean over latent steps (0 when not routed)
     ponder_loss: Tensor | None = None  # scalar: expected intermediate steps (learned halting, training)
     steps_used: Tensor | None = None  # (B, N): latent steps each token ran, the final one included
+    health: tuple[StepHealth, ...] | None = None  # one per latent step while ``measure_health`` is on
 
 
 class RecursiveSparseReasoning(nn.Module):
@@ -70,13 +72,17 @@ class RecursiveSparseReasoning(nn.Module):
             torch.manual_seed(seed)
             self.experts = ExpertBank(config.num_experts, dim, out_dim or dim, config.rank, config.scaling)
             self.gate = LatentStepGate(dim, config.num_experts, cond_dim=cond_dim, tau=config.gumbel_tau,
-                                       routing=config.routing, gate_input=config.gate_input, seed=seed)
+                                       routing=config.routing, gate_input=config.gate_input, seed=seed,
+                                       noise_scale=config.gumbel_noise_scale, route_per=config.route_per)
             self.halt_head = HaltingHead(dim) if config.halting == "learned" else None
         self.gradient_checkpointing = False  # recompute each intermediate step in backward (saves memory)
         self.record_states = False  # keep every step's input in RSRStep.state (token trajectories, Fig. 3)
         # keep the recorded states attached to the graph, so that a loss on them (e.g. a decoder of every
         # latent step, FrozenLake planning) trains the recursion; off: states are detached copies
         self.state_grad = False
+        # routing-health metrics in RSROutput.health (detached, a few small matmuls): None = in training only (so
+        # inference compute and FLOP counts stay the model's own), True = also in eval mode, False = never
+        self.measure_health: bool | None = None
 
     def forward(
         self,
@@ -100,7 +106,7 @@ class RecursiveSparseReasoning(nn.Module):
         cfg = self.config
         steps_total = cfg.latent_steps
         context = self.gate.context(cond, steps_total, x.dtype)
-        state, steps, losses = x, [], []
+        state, steps, losses, health = x, [], [], []
         vision = text = None
         halting = cfg.halting != "none" and steps_total > 1
         ponder = PonderMixture(steps_total - 1) if halting and self.halt_head is not None and self.training else None
@@ -117,6 +123,9 @@ class RecursiveSparseReasoning(nn.Module):
                                  (h if self.state_grad else h.detach()) if self.record_states else None))
             if decision.logits is not None:  # routed by the gate (not M=1, not random routing)
                 losses.append(balance_loss(decision.probs, decision.index))
+            measure = self.training if self.measure_health is None else self.measure_health
+            if measure:
+                health.append(self._health(h, decision))
             if last:
                 vision, text = self._step(h, decision, base_qkv(x), attend)
                 break
@@ -136,7 +145,15 @@ class RecursiveSparseReasoning(nn.Module):
                 used = torch.where(active, used, used.clamp_max(t + 2))  # ran steps 1..t+1 plus the final one
             state = new_state  # a~_t = a_t + x~ (Algorithm 1, line 27); frozen where halted
         loss = torch.stack(losses).mean() if losses else x.new_zeros((), dtype=torch.float32)
-        return RSROutput(vision, text, tuple(steps), loss, None if ponder is None else ponder.ponder_cost(), used)
+        return RSROutput(vision, text, tuple(steps), loss, None if ponder is None else ponder.ponder_cost(), used,
+                         tuple(health) if health else None)
+
+    @torch.no_grad()
+    def _health(self, h: Tensor, decision: GateDecision) -> StepHealth:
+        bank = self.experts
+        divergence = expert_divergence(bank.lora_A, bank.lora_B, h)
+        return step_health(decision.index, decision.logits, bank.num_experts, self.gate.noise_scale,
+                           self.training, divergence)
 
     def _intermediate_step(self, h: Tensor, decision: GateDecision, attend: AttendFn, x: Tensor, state: Tensor,
                            active: Tensor | None, cache):

@@ -10,8 +10,10 @@ from .hosts import (
     rsr_config,
     rsr_layers,
     rsr_parameters,
+    set_gumbel,
     set_halting,
     set_step_checkpointing,
+    z_loss,
 )
 from .inspect import RoutingRecord, RoutingTrace, force_routing, routing_trace
 from .specs import HOST_SPECS, HostSpec, host_spec
@@ -35,6 +37,8 @@ __all__ = [
     "rsr_layers",
     "rsr_parameters",
     "save_rsr",
+    "set_gumbel",
     "set_halting",
     "set_step_checkpointing",
+    "z_loss",
 ]

@@ -192,10 +192,29 @@ def aux_loss(transformer: nn.Module) -> torch.Tensor:
     if not losses:
         raise ValueError("aux_loss needs a forward pass of the transformer first")
     total = install.config.balance_loss_weight * torch.stack(losses).sum()
+    if install.config.z_loss_weight:
+        total = total + install.config.z_loss_weight * z_loss(transformer)
     ponder = [p.last_ponder_loss for p in procs if p.last_ponder_loss is not None]
     if ponder:
         total = total + install.config.ponder_weight * torch.stack(ponder).sum()
     return total
+
+
+def z_loss(transformer: nn.Module) -> torch.Tensor:
+    """Router z-loss of the latest forward pass (ST-MoE, Zoph et al. 2022, eq. 5): ``mean(logsumexp(l)^2)``
+    over the tokens of every gate-routed latent step, mean over steps, summed over RSR layers."""
+    per_layer = []
+    for proc in _require_install(transformer).processors.values():
+        steps = [s.logits.logsumexp(-1).square().mean() for s in proc.last_steps if s.logits is not None]
+        if steps:
+            per_layer.append(torch.stack(steps).mean())
+    return torch.stack(per_layer).sum() if per_layer else torch.zeros(())
+
+
+def set_gumbel(transformer: nn.Module, tau: float, noise_scale: float) -> None:
+    """Set the Gumbel temperature and noise scale of every gate (a training schedule's value for this step)."""
+    for proc in _require_install(transformer).processors.values():
+        proc.rsr.gate.tau, proc.rsr.gate.noise_scale = tau, noise_scale
 
 
 def set_halting(transformer: nn.Module, halting: str, threshold: float | None = None, per: str = "token") -> None:

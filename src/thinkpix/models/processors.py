@@ -57,6 +57,7 @@ class RSRAttnProcessor(nn.Module):
         self.last_balance_loss: Tensor | None = None
         self.last_ponder_loss: Tensor | None = None
         self.last_steps_used: Tensor | None = None
+        self.last_health: tuple | None = None  # RSROutput.health of the latest call (one StepHealth per step)
 
     def modulate(self, state: Tensor) -> Tensor:
         """The block's own ``alpha_x * LN(.) + beta_x`` (AdaLayerNormZero), applied to a recursive state."""
@@ -87,6 +88,7 @@ class RSRAttnProcessor(nn.Module):
         out = self.rsr(x, cap.cond, base_qkv, attend, self.modulate, self._forced(x.shape[0], x.device))
         self.last_steps, self.last_balance_loss = out.steps, out.balance_loss
         self.last_ponder_loss, self.last_steps_used = out.ponder_loss, out.steps_used
+        self.last_health = out.health
         if self.session.trace is not None:
             self.session.trace.record(self.layer_index, self.session.timestep, out.steps, out.steps_used)
         return out

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..core.config import HALTINGS, check_fields
+from ..core.config import DISPATCHES, HALTINGS, ROUTE_UNITS, check_fields
 
 METHODS = ("rsr", "sft", "full")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
@@ -34,6 +34,9 @@ class TrainConfig:
     decay covers only the last that many steps (warmup-stable-decay, see :meth:`lr_at`).
     ``layers``: block indices, or ``"middle"`` (L // 2, the paper's layer 12 of 24) or ``"three"``
     (L/6, L/3, L/2 rounded, the paper's 4, 8, 12 of 24).
+
+    Routing options beyond the paper (defaults: the paper's behaviour) are described by their ``help``
+    metadata; ``gumbel_at`` gives the temperature and noise-scale schedule.
     """
 
     method: str = "rsr"
@@ -48,6 +51,21 @@ class TrainConfig:
     halting: str = "none"  # RSRConfig.halting; "learned" trains an ACT halting head with the ponder cost
     halt_threshold: float | None = None
     ponder_weight: float = 0.01
+    dispatch: str = field(default="sorted", metadata={"help": "'sorted' (Switch-style straight-through: only the "
+                          "chosen expert's term reaches the gate) or 'dense' (every expert computed: the exact "
+                          "straight-through estimator)"})
+    route_per: str = field(default="token", metadata={"help": "'token' (paper) or 'sample': one expert per sample "
+                           "and latent step (InstructMoLE)"})
+    z_loss_weight: float = field(default=0.0, metadata={"help": "router z-loss weight (ST-MoE uses 1e-3; 0 = off, "
+                                 "the paper)"})
+    gate_lr_multiplier: float = field(default=1.0, metadata={"help": "learning rate of the gate parameters "
+                                      "relative to learning_rate (paper: 1)"})
+    gumbel_tau_end: float | None = field(default=None, metadata={"help": "anneal tau geometrically from "
+                                         "gumbel_tau to this over training (None: constant). Changes only the "
+                                         "straight-through gradient, not how random the routes are"})
+    gumbel_noise_end: float | None = field(default=None, metadata={"help": "anneal the Gumbel noise scale "
+                                           "linearly from 1 to this (>= 0) over training (None: constant 1, the "
+                                           "paper); lower noise makes training routes follow the eval argmax"})
     learning_rate: float = 5e-4
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
@@ -118,11 +136,39 @@ class TrainConfig:
             _fail("validation_steps/seed", (self.validation_steps, self.seed), "integers >= 0")
         if self.halting not in HALTINGS:
             _fail("halting", self.halting, " or ".join(map(repr, HALTINGS)))
+        self._check_routing_options()
         if self.fsdp and self.method == "full":
             _fail("fsdp", self.fsdp, "False with method 'full' (FSDP shards RSR/SFT fine-tuning of large hosts; "
                   "pretraining the small Shapes bases runs with DDP)")
         if self.method == "sft":
             self.num_experts, self.latent_steps = 1, 1
+
+    def _check_routing_options(self) -> None:
+        if self.dispatch not in DISPATCHES:
+            _fail("dispatch", self.dispatch, DISPATCHES)
+        if self.route_per not in ROUTE_UNITS:
+            _fail("route_per", self.route_per, ROUTE_UNITS)
+        for name, low in (("z_loss_weight", 0.0), ("gate_lr_multiplier", None), ("gumbel_tau_end", None),
+                          ("gumbel_noise_end", 0.0)):
+            value = getattr(self, name)
+            if value is None and name.startswith("gumbel"):
+                continue
+            bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            if bad or (value < low if low is not None else value <= 0):
+                allowed = f"a finite number {'>= 0' if low is not None else '> 0'}"
+                _fail(name, value, allowed + (", or None for no schedule" if name.startswith("gumbel") else ""))
+
+    def gumbel_at(self, step: int) -> tuple[float, float]:
+        """Gumbel temperature and noise scale at optimizer step ``step`` (0-based): a pure function of the step,
+        like ``lr_at``. tau goes geometrically from ``gumbel_tau`` to ``gumbel_tau_end`` (a common tau
+        annealing, Jang et al. 2017, Sec. 2.2); the noise scale linearly from 1 to ``gumbel_noise_end``. Both
+        reach their end value at the last step."""
+        progress = min(1.0, step / max(1, self.max_steps - 1))
+        tau = self.gumbel_tau
+        if self.gumbel_tau_end is not None:
+            tau = self.gumbel_tau * (self.gumbel_tau_end / self.gumbel_tau) ** progress
+        noise = 1.0 if self.gumbel_noise_end is None else 1.0 + (self.gumbel_noise_end - 1.0) * progress
+        return float(tau), float(noise)
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimizer step ``step`` (0-based). A pure function of the step, so a resumed
@@ -182,6 +228,11 @@ PRESETS: dict[str, TrainConfig] = {
     # Scaled for the Shapes world on a laptop CPU: small rank, small batch, short runs.
     "shapes": replace(PAPER, rank=16, batch_size=32, learning_rate=1e-3, max_steps=300, checkpointing_steps=100,
                       validation_steps=100, layers="middle"),
+    # The routing pilot's recommended setting (docs/results/routing_health.md, benchmarks/routing_health.py): the
+    # "shapes" preset with the Gumbel noise annealed from 1 to 0 over training (training routes become the
+    # eval-mode routes) and the balance loss on also at M <= 3 (keeps both experts in use). Not the paper's setting.
+    "shapes-routed": replace(PAPER, rank=16, batch_size=32, learning_rate=1e-3, max_steps=300, checkpointing_steps=100,
+                             validation_steps=100, layers="middle", gumbel_noise_end=0.0, balance_loss_weight=0.01),
     "shapes-three": replace(PAPER, rank=16, batch_size=32, learning_rate=1e-3, max_steps=300,
                             checkpointing_steps=100, validation_steps=100, layers="three"),
     "shapes-pretrain": replace(PAPER, method="full", learning_rate=1e-3, batch_size=64, max_steps=4000,

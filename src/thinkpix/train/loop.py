@@ -26,10 +26,11 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ..core.config import RSRConfig
+from ..core.health import gradient_scalars, health_scalars
 from ..core.stats import step_stats
 from ..errors import UserError
 from ..images import save_grid
-from ..models import apply_rsr, aux_loss, rsr_layers, save_rsr, set_step_checkpointing
+from ..models import apply_rsr, aux_loss, rsr_layers, save_rsr, set_gumbel, set_step_checkpointing
 from ..models.checkpoint import rsr_state_dict
 from ..models.hosts import num_blocks
 from ..pipelines import TrainTarget
@@ -94,10 +95,21 @@ def trainable_parameters(target: TrainTarget, cfg: TrainConfig) -> dict[str, tor
                     gumbel_tau=cfg.gumbel_tau, layers=cfg.block_indices(num_blocks(transformer)),
                     routing=cfg.routing, gate_input=cfg.gate_input, balance_loss_weight=cfg.balance_loss_weight,
                     halting=cfg.halting, halt_threshold=cfg.halt_threshold, ponder_weight=cfg.ponder_weight,
+                    dispatch=cfg.dispatch, route_per=cfg.route_per, z_loss_weight=cfg.z_loss_weight,
                     seed=cfg.seed)
     apply_rsr(transformer, rsr)
     set_step_checkpointing(transformer, cfg.step_checkpointing)
     return _rsr_named_parameters(transformer)
+
+
+def parameter_groups(named: dict[str, torch.nn.Parameter], cfg: TrainConfig) -> list[dict]:
+    """Optimizer parameter groups: one (the paper), or the gate parameters apart with ``lr_scale`` =
+    ``gate_lr_multiplier`` (so that runs without the option keep the optimizer state layout of old runs)."""
+    if cfg.gate_lr_multiplier == 1.0 or cfg.method == "full":
+        return [{"params": list(named.values())}]
+    gate = [p for n, p in named.items() if ".gate." in n]
+    rest = [p for n, p in named.items() if ".gate." not in n]
+    return [{"params": rest, "lr_scale": 1.0}, {"params": gate, "lr_scale": cfg.gate_lr_multiplier}]
 
 
 def _rsr_named_parameters(transformer: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -115,7 +127,8 @@ def _routing_scalars(target: TrainTarget) -> dict[str, float]:
         scalars[f"routing/layer{layer}/gate_entropy"] = stats.entropy.mean().item()
         if stats.consistency.numel():
             scalars[f"routing/layer{layer}/consistency"] = stats.consistency.mean().item()
-    return scalars
+    return {**scalars, **health_scalars({i: p.last_health for i, p in rsr_layers(target.transformer).items()
+                                         if p.rsr.config.num_experts > 1})}
 
 
 def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: str | Path, resume: str | None = None,
@@ -169,8 +182,9 @@ class _Run:
             shard_transformer(target.transformer)
             named = _rsr_named_parameters(target.transformer)  # sharding replaced them with DTensor parameters
         self.named, self.params = named, list(named.values())
-        optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                      weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(parameter_groups(named, cfg), lr=cfg.learning_rate,
+                                      betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+        self.grad_logs: dict[str, float] = {}  # gate vs expert gradient norms of the latest optimizer step
         self.ema = EMAModel(self.params, decay=cfg.ema_decay) if cfg.ema_decay else None
         target.transformer.train()
         if cfg.fsdp:  # FSDP2 reduces the gradients itself: no DDP wrapper around the sharded module
@@ -238,6 +252,8 @@ class _Run:
             accelerator.backward(loss + balance)
             if accelerator.sync_gradients and world > 1 and target.train_text_encoder:
                 _average_outside_ddp(accelerator, self.named)
+            if accelerator.sync_gradients and cfg.method != "full" and not cfg.fsdp:
+                self.grad_logs = gradient_scalars({i: p.rsr for i, p in rsr_layers(target.transformer).items()})
             if accelerator.sync_gradients and cfg.max_grad_norm:
                 norm = accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 if norm is not None and not math.isfinite(float(norm)):  # before the step spoils the weights
@@ -278,7 +294,9 @@ class _Run:
             while step < cfg.max_steps:
                 lr = cfg.lr_at(step)  # the run's schedule wins over any rate saved with the optimizer state
                 for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
+                if cfg.method != "full":
+                    set_gumbel(target.transformer, *cfg.gumbel_at(step))
                 for micro in range(cfg.gradient_accumulation_steps):
                     loss, balance = self.micro_step(step, micro)
                 step += 1
@@ -313,7 +331,8 @@ class _Run:
             return
         logs = {"train/loss": loss.item(), "train/balance_loss": balance.item(), "train/lr": lr}
         if self.cfg.method != "full":
-            logs.update(_routing_scalars(self.target))
+            logs.update(_routing_scalars(self.target), **self.grad_logs)
+            logs["train/gumbel_tau"], logs["train/gumbel_noise"] = self.cfg.gumbel_at(step - 1)
         self.accelerator.log(logs, step=step)
 
     def finish(self, step: int, result: TrainResult) -> TrainResult:
