@@ -25,6 +25,7 @@ from thinkpix.eval.geneval import generate_geneval, score_geneval_folder
 from thinkpix.models import routing_trace, rsr_parameters
 from thinkpix.models.hosts import rsr_install
 from thinkpix.train import TrainTarget, load_image_folder, load_pipeline, preset, train
+from thinkpix.train.state import list_checkpoints
 from thinkpix.train.targets import SHIPPED
 
 
@@ -103,8 +104,11 @@ def cached(path: Path, compute: Callable[[], dict]) -> dict:
 
 
 def finetuned(base: str, data_dir: Path, row: Row, seed: int, steps: int, batch_size: int,
-              out: Path) -> tuple[TrainTarget, dict]:
-    """The base with the row's method fine-tuned in (in memory) and the cost of doing so."""
+              out: Path, resume: bool = False) -> tuple[TrainTarget, dict]:
+    """The base with the row's method fine-tuned in (in memory) and the cost of doing so. With ``resume``,
+    training continues from the last checkpoint in ``out`` at or below ``steps`` (the rate is constant and
+    the data order a function of the step, so a run stopped at step k and resumed equals one run: a budget
+    ladder trains once); ``train_seconds`` then counts the steps run in this call."""
     target = TrainTarget(load_pipeline(base))
     cost = {"train_seconds": 0.0, "train_steps": 0, "trainable_params": 0}
     if row.method == "base":
@@ -112,8 +116,10 @@ def finetuned(base: str, data_dir: Path, row: Row, seed: int, steps: int, batch_
         return target, cost
     cfg = preset(row.preset, method=row.method, max_steps=steps, batch_size=batch_size, seed=seed,
                  validation_steps=0, checkpointing_steps=steps, checkpoints_total_limit=1, **row.fields)
+    earlier = [path for step, path in list_checkpoints(out / "checkpoints") if step <= steps] if resume else []
     started = time.perf_counter()
-    train(target, load_image_folder(data_dir), cfg, out, report_to=None, progress=False)
+    train(target, load_image_folder(data_dir), cfg, out, resume=str(earlier[-1]) if earlier else None,
+          report_to=None, progress=False)
     cost.update(train_seconds=time.perf_counter() - started, train_steps=steps,
                 trainable_params=sum(p.numel() for p in rsr_parameters(target.transformer)))
     target.transformer.eval()

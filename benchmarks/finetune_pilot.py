@@ -1,0 +1,178 @@
+"""Pilot for the decisive reproduction's fine-tuning budget, on TRAINING prompts only (never held-out ones).
+
+SFT (LoRA on the middle layer, the weakest adapter of the table) is fine-tuned on the ``compositional``
+recipe (``thinkpix shapes make-dataset --recipe compositional``: the training bindings of two_object,
+counting, position and color_attr; no image shows a held-out binding) along a ladder of step budgets: one
+run per seed, checkpointed at each rung and resumed, which at a constant rate equals separate runs. At each
+rung it samples a fixed set of training prompts (the four compositional tags, plus single_object and colors
+to see what the fine-tuning costs elsewhere) with the base's exact sampling noise, so SFT and the base are
+compared image by image. Each (seed, rung) is one cached JSON, so an interrupted pilot resumes::
+
+    nohup nice -n 10 python -m benchmarks.finetune_pilot > pilot.log 2>&1 &
+
+Writes ``docs/results/finetune_pilot.md`` (and ``.json``); ``docs/results/finetune_task.md`` reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.shapes_rows import Row, cached, describe_base, finetuned, fingerprint, seed_everything, spread
+from thinkpix.eval.geneval import generate_geneval, score_geneval_folder
+from thinkpix.shapes.dataset import make_dataset
+from thinkpix.shapes.prompts import training_metadata
+from thinkpix.shapes.recipes import COMPOSITIONAL_TAGS
+
+BASE = "shapes-t2i"
+ROW = Row("SFT (middle)", "sft", {"layers": "middle"})
+LADDER = (250, 1000)
+TRAIN_IMAGES = 1000  # the paper fine-tunes on 1000 MSCOCO images
+BATCH_SIZE = 32
+IMAGES_PER_TAG = {"two_object": 48, "counting": 48, "position": 48, "color_attr": 48, "single_object": 24,
+                  "colors": 24}
+SAMPLE_SEED = 4242  # sampling noise of every pilot image (a selection seed no held-out number uses)
+SAMPLE_STEPS = 20
+
+
+def design_key() -> str:
+    """Short hash of everything a cached pilot result depends on besides the base (which has its own)."""
+    design = [ROW.name, ROW.method, ROW.fields, ROW.preset, TRAIN_IMAGES, BATCH_SIZE, IMAGES_PER_TAG, SAMPLE_SEED,
+              SAMPLE_STEPS]
+    return hashlib.sha256(json.dumps(design, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def pilot_records() -> list[dict]:
+    """``IMAGES_PER_TAG`` records per tag, cycling through the tag's training prompts evenly spread (a tag
+    with few prompts repeats them, each repeat with its own noise)."""
+    records = []
+    for tag, count in IMAGES_PER_TAG.items():
+        prompts = [meta for meta in training_metadata() if meta["tag"] == tag]
+        chosen = spread(prompts, count)
+        records += [chosen[i % len(chosen)] for i in range(count)] if len(chosen) < count else chosen
+    return records
+
+
+def score_images(target, out: Path) -> dict:
+    """Per-image verdicts (in record order) and per-tag scores of ``target`` on the pilot records."""
+    records = pilot_records()
+    folder = generate_geneval(target, records, out, samples=1, seed=SAMPLE_SEED, steps=SAMPLE_STEPS, progress=False)
+    scores, results = score_geneval_folder(folder)
+    return {"scores": scores, "correct": [bool(r.correct) for r in results], "tags": [r.tag for r in results],
+            "prompts": [r.prompt for r in results]}
+
+
+def compositional_overall(correct: np.ndarray, tags: list[str]) -> float:
+    """The unweighted mean of the four compositional tags' scores."""
+    tags = np.asarray(tags)
+    return float(np.mean([correct[tags == tag].mean() for tag in COMPOSITIONAL_TAGS]))
+
+
+def paired_interval(diff: np.ndarray, tags: list[str], prompts: list[str], reps: int = 4000,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """Mean paired difference of the compositional overall and its 95% percentile interval from a bootstrap
+    over prompts within each tag (repeats of a prompt move together). Training-seed noise is not in it:
+    the per-seed rows show that part."""
+    rng = np.random.default_rng(seed)
+    tags, prompts = np.asarray(tags), np.asarray(prompts)
+    clusters = {tag: [np.flatnonzero((tags == tag) & (prompts == p)) for p in dict.fromkeys(prompts[tags == tag])]
+                for tag in COMPOSITIONAL_TAGS}
+    draws = np.empty(reps)
+    for k in range(reps):
+        per_tag = []
+        for groups in clusters.values():
+            picked = rng.integers(len(groups), size=len(groups))
+            per_tag.append(np.concatenate([groups[i] for i in picked]))
+        draws[k] = np.mean([diff[index].mean() for index in per_tag])
+    point = float(np.mean([diff[tags == tag].mean() for tag in COMPOSITIONAL_TAGS]))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return point, float(low), float(high)
+
+
+def run(work: Path, rows_dir: Path, seeds: list[int]) -> tuple[dict, dict]:
+    data = make_dataset(work / "data", n=TRAIN_IMAGES, seed=0, recipe="compositional")
+    base = cached(rows_dir / "base.json", lambda: score_images(finetuned(BASE, data, Row("base", "base"), 0, 0,
+                                                                         BATCH_SIZE, work / "base")[0],
+                                                               work / "base" / "geneval"))
+    sft: dict = {}
+    for seed in seeds:
+        for steps in LADDER:
+            def compute(seed=seed, steps=steps) -> dict:
+                seed_everything(seed)
+                out = work / ROW.slug / f"seed{seed}"
+                target, cost = finetuned(BASE, data, ROW, seed, steps, BATCH_SIZE, out / "train", resume=True)
+                return {**cost, **score_images(target, out / f"geneval-step{steps}")}
+
+            sft[(seed, steps)] = cached(rows_dir / ROW.slug / f"seed{seed}-step{steps}.json", compute)
+            print(f"[pilot] seed {seed} step {steps}: {sft[(seed, steps)]['scores']}", flush=True)
+    return base, sft
+
+
+def report(base: dict, sft: dict, seeds: list[int], out: Path, command: str) -> None:
+    tags = base["tags"]
+    base_correct = np.asarray(base["correct"], dtype=float)
+    cols = [*COMPOSITIONAL_TAGS, "single_object", "colors"]
+    lines = ["# Fine-tuning pilot: SFT vs base on training prompts", "",
+             f"Produced by `{command}`. Base {describe_base(BASE)}. {ROW.name} ({ROW.describe()}, preset "
+             f"`{ROW.preset}`: rank 16, lr 1e-3 constant, batch {BATCH_SIZE}) fine-tuned on {TRAIN_IMAGES} images of "
+             "the `compositional` recipe (seed 0), checkpointed at each rung of the step ladder and resumed. Scored "
+             f"on {len(tags)} images of training prompts ({', '.join(f'{t} {n}' for t, n in IMAGES_PER_TAG.items())}; "
+             f"one image per record, sampling seed {SAMPLE_SEED}, {SAMPLE_STEPS} steps, guidance 4 with the base's "
+             "interval), the same noise for every row. Percent. *compositional* = mean of the four compositional "
+             "tags; its difference to the base is paired image by image, 95% bootstrap interval over prompts "
+             "within each tag (sampling and prompt noise; the per-seed lines show the training-seed spread).", "",
+             "| row | steps | epochs | seeds | " + " | ".join(["compositional", *cols]) + " | vs base (compositional) "
+             "| train s (per run) |", "| --- |" + " ---: |" * (len(cols) + 6)]
+    lines.append(f"| base | 0 | 0 | - | {100 * compositional_overall(base_correct, tags):.1f} | "
+                 + " | ".join(f"{100 * base['scores'][c]:.1f}" for c in cols) + " | - | - |")
+    summary = {}
+    for steps in LADDER:
+        done = [seed for seed in seeds if (seed, steps) in sft]
+        if not done:
+            continue
+        results = [sft[(seed, steps)] for seed in done]
+        correct = np.mean([np.asarray(r["correct"], dtype=float) for r in results], axis=0)
+        point, low, high = paired_interval(correct - base_correct, tags, base["prompts"])
+        per_seed = [100 * (compositional_overall(np.asarray(r["correct"], float), tags)
+                           - compositional_overall(base_correct, tags)) for r in results]
+        cumulative = sum(sft[(seed, s)]["train_seconds"] for seed in done for s in LADDER if s <= steps
+                         and (seed, s) in sft) / len(done)
+        scores = {c: np.mean([r["scores"][c] for r in results]) for c in cols}
+        lines.append(f"| {ROW.name} | {steps} | {steps * BATCH_SIZE / TRAIN_IMAGES:.0f} | {len(done)} | "
+                     f"{100 * compositional_overall(correct, tags):.1f} | "
+                     + " | ".join(f"{100 * scores[c]:.1f}" for c in cols)
+                     + f" | {100 * point:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] "
+                     f"(seeds: {', '.join(f'{d:+.1f}' for d in per_seed)}) | {cumulative:.0f} |")
+        summary[steps] = {"difference": point, "interval": [low, high], "per_seed": per_seed,
+                          "train_seconds": cumulative, "scores": scores}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"ladder": LADDER, "seeds": seeds, "summary": summary},
+                                                   indent=2, default=float))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--work", default="runs/finetune_pilot")
+    parser.add_argument("--rows-dir", default="docs/results/finetune_pilot_rows")
+    parser.add_argument("--out", default="docs/results/finetune_pilot.md")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows_dir = Path(args.rows_dir) / f"{fingerprint(BASE)}-{design_key()}"
+    base, sft = run(Path(args.work), rows_dir, args.seeds)
+    report(base, sft, args.seeds, Path(args.out), "python -m benchmarks.finetune_pilot"
+           + (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0, 1] else ""))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

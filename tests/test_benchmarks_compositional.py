@@ -1,0 +1,108 @@
+"""The decisive reproduction's pilot and driver: paired intervals, the budget ladder, jobs, switch points."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import finetune_pilot, reproduce_compositional  # noqa: E402
+from benchmarks.reproduce_compositional import DESIGN, Plan, config_key, jobs  # noqa: E402
+from benchmarks.shapes_rows import Budget, Row, finetuned  # noqa: E402
+
+from thinkpix.shapes import ShapesTextToImagePipeline  # noqa: E402
+from thinkpix.shapes.dataset import make_dataset  # noqa: E402
+from thinkpix.shapes.recipes import COMPOSITIONAL_TAGS  # noqa: E402
+from thinkpix.train import config as train_config  # noqa: E402
+
+
+def _design(prompts_per_tag: int = 12, repeats: int = 2):
+    tags = [t for t in COMPOSITIONAL_TAGS for _ in range(prompts_per_tag * repeats)]
+    prompts = [f"{t}-{i // repeats}" for t in COMPOSITIONAL_TAGS for i in range(prompts_per_tag * repeats)]
+    return tags, prompts
+
+
+def test_pilot_records_balance_tags_from_training_prompts_only():
+    from thinkpix.shapes.prompts import training_metadata
+
+    records = finetune_pilot.pilot_records()
+    training = {m["prompt"] for m in training_metadata()}
+    assert all(r["prompt"] in training for r in records)
+    for tag, count in finetune_pilot.IMAGES_PER_TAG.items():
+        assert sum(r["tag"] == tag for r in records) == count
+
+
+def test_paired_interval_is_exact_on_a_constant_shift_and_covers_a_known_difference():
+    tags, prompts = _design()
+    point, low, high = finetune_pilot.paired_interval(np.full(len(tags), 0.25), tags, prompts, reps=200)
+    assert point == pytest.approx(0.25) and low == pytest.approx(0.25) and high == pytest.approx(0.25)
+    # per-prompt success rates vary; the model gains 10 points on every prompt: the interval covers +0.10
+    rng = np.random.default_rng(1)
+    covered, widths = 0, []
+    for _ in range(40):
+        rate = np.repeat(rng.uniform(0.1, 0.7, len(tags) // 2), 2)
+        base = rng.random(len(tags)) < rate
+        tuned = rng.random(len(tags)) < rate + 0.10
+        point, low, high = finetune_pilot.paired_interval(tuned.astype(float) - base, tags, prompts, reps=300,
+                                                          seed=int(rng.integers(1 << 30)))
+        covered += low <= 0.10 <= high
+        widths.append(high - low)
+    assert covered >= 32  # 95% nominal; 40 draws
+    assert 0.05 < np.median(widths) < 0.4
+
+
+def test_a_budget_ladder_resumed_equals_one_run(tmp_path):
+    pipe = ShapesTextToImagePipeline.from_scratch("mmdit-s", seed=0, width=32, head_dim=16, num_layers=2)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a fresh model's zero-initialised output layer would pass no gradient to the adapter
+        for param in pipe.transformer.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    pipe.save_pretrained(tmp_path / "base")
+    data = make_dataset(tmp_path / "data", n=16, seed=0, recipe="compositional")
+    row = Row("sft", "sft", {"rank": 2})
+    finetuned(str(tmp_path / "base"), data, row, 0, 2, 4, tmp_path / "ladder", resume=True)
+    _, cost = finetuned(str(tmp_path / "base"), data, row, 0, 4, 4, tmp_path / "ladder", resume=True)
+    finetuned(str(tmp_path / "base"), data, row, 0, 4, 4, tmp_path / "once")
+    assert cost["train_steps"] == 4
+    ladder = load_file(tmp_path / "ladder" / "rsr" / "rsr_weights.safetensors")
+    once = load_file(tmp_path / "once" / "rsr" / "rsr_weights.safetensors")
+    assert ladder.keys() == once.keys() and all(torch.equal(ladder[k], once[k]) for k in once)
+    two = finetuned(str(tmp_path / "base"), data, row, 0, 2, 4, tmp_path / "two")
+    assert two[1]["train_steps"] == 2
+    after_two = load_file(tmp_path / "two" / "rsr" / "rsr_weights.safetensors")
+    assert any(not torch.equal(after_two[k], once[k]) for k in once)  # the ladder really trained on
+
+
+def test_jobs_run_seed_by_seed_and_skip_rows_waiting_for_the_routing_preset(monkeypatch):
+    monkeypatch.setattr(reproduce_compositional, "RECOMMENDED_PRESET", None)
+    everything = jobs(DESIGN, None, None, False)
+    assert len(everything) == sum(p.seeds for p in DESIGN) == 45
+    assert [s for _, s in everything] == sorted(s for _, s in everything)  # seed-major: balanced when stopped
+    ready = jobs(DESIGN, None, None, True)
+    assert {p.gate for p, _ in ready} == {None, "paper"} and len(ready) == 1 + 3 * 5 + 2 * 3
+    assert [p.row.name for p, _ in ready].count("base") == 1
+    waiting = next(p for p in DESIGN if p.gate == "recommended")
+    with pytest.raises(ValueError, match="RECOMMENDED_PRESET"):
+        waiting.resolved()
+    assert [s for _, s in jobs(DESIGN, [3], ["SFT (middle)"], False)] == [3]
+
+
+def test_config_key_follows_the_resolved_preset(monkeypatch):
+    budget = Budget(train_images=8, finetune_steps=10, batch_size=4)
+    routed = replace(train_config.PRESETS["shapes"], gumbel_tau=1.0)
+    monkeypatch.setitem(train_config.PRESETS, "shapes-routed", routed)
+    monkeypatch.setattr(reproduce_compositional, "RECOMMENDED_PRESET", "shapes-routed")
+    plan = Plan(Row("RSR", "rsr", {"layers": "middle"}), 3, "recommended")
+    paper = Plan(Row("RSR", "rsr", {"layers": "middle"}), 3, "paper")
+    assert plan.ready() and plan.resolved().preset == "shapes-routed"
+    assert config_key(plan.resolved(), budget) != config_key(paper.resolved(), budget)
+    # the same resolved config through another preset name is the same row
+    three = Row("RSR", "rsr", {"layers": "middle"}, "shapes-three")
+    assert config_key(three, budget) == config_key(paper.resolved(), budget)
