@@ -25,8 +25,8 @@ import numpy as np
 from benchmarks.shapes_rows import Row, cached, describe_base, finetuned, fingerprint, seed_everything, spread
 from thinkpix.eval.geneval import generate_geneval, score_geneval_folder
 from thinkpix.shapes.dataset import make_dataset
-from thinkpix.shapes.prompts import training_metadata
-from thinkpix.shapes.recipes import COMPOSITIONAL_TAGS
+from thinkpix.shapes.prompts import HELDOUT_BINDINGS, training_metadata
+from thinkpix.shapes.recipes import COMPOSITIONAL_TAGS, depicted_bindings, recipe_samples
 
 BASE = "shapes-t2i"
 ROW = Row("SFT (middle)", "sft", {"layers": "middle"})
@@ -66,6 +66,22 @@ def score_images(target, out: Path) -> dict:
             "prompts": [r.prompt for r in results]}
 
 
+def unstated_held_out(recipe: str, n: int = TRAIN_IMAGES) -> dict[str, int]:
+    """Per tag, how many of the first ``n`` images of ``recipe`` (seed 0) show a held-out binding."""
+    found: dict[str, int] = {}
+    for sample in recipe_samples(recipe, seed=0, n=n):
+        if depicted_bindings(sample.scene.objects) & HELDOUT_BINDINGS:
+            found[sample.metadata["tag"]] = found.get(sample.metadata["tag"], 0) + 1
+    return found
+
+
+def leak_sentence(leaks: dict[str, dict[str, int]]) -> str:
+    counts = "; ".join(f"`{recipe}` {sum(tags.values())}" + (" (" + ", ".join(f"{t} {k}" for t, k in tags.items()) + ")"
+                                                             if tags else "") for recipe, tags in leaks.items())
+    return (f"Held-out bindings shown but not stated, in the first {TRAIN_IMAGES} images of each recipe (seed 0; "
+            f"`thinkpix.shapes.recipes.depicted_bindings`): {counts}.")
+
+
 def compositional_overall(correct: np.ndarray, tags: list[str]) -> float:
     """The unweighted mean of the four compositional tags' scores."""
     tags = np.asarray(tags)
@@ -99,8 +115,8 @@ def run(work: Path, rows_dir: Path, seeds: list[int]) -> tuple[dict, dict]:
                                                                          BATCH_SIZE, work / "base")[0],
                                                                work / "base" / "geneval"))
     sft: dict = {}
-    for seed in seeds:
-        for steps in LADDER:
+    for steps in LADDER:  # rung by rung, so that an interrupted pilot has every seed at the lower rungs
+        for seed in seeds:
             def compute(seed=seed, steps=steps) -> dict:
                 seed_everything(seed)
                 out = work / ROW.slug / f"seed{seed}"
@@ -149,9 +165,12 @@ def report(base: dict, sft: dict, seeds: list[int], out: Path, command: str) -> 
                      f"(seeds: {', '.join(f'{d:+.1f}' for d in per_seed)}) | {cumulative:.0f} |")
         summary[steps] = {"difference": point, "interval": [low, high], "per_seed": per_seed,
                           "train_seconds": cumulative, "scores": scores}
+    leaks = {recipe: unstated_held_out(recipe) for recipe in ("pretrain", "compositional")}
+    lines += ["", leak_sentence(leaks)]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"ladder": LADDER, "seeds": seeds, "summary": summary},
+    out.with_suffix(".json").write_text(json.dumps({"ladder": LADDER, "seeds": seeds, "summary": summary,
+                                                    "unstated_held_out": leaks},
                                                    indent=2, default=float))
 
 
