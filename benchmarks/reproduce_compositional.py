@@ -7,7 +7,7 @@ shows a held-out binding) at the budget ``benchmarks.finetune_pilot`` chose on t
 (``docs/results/finetune_task.md``). Each row is scored twice with noise fixed per (prompt, sample), the same
 for every row and training seed, so rows compare image by image:
 
-* on the held-out evaluation prompts (:func:`protocol`), what the claims are about;
+* on the held-out evaluation prompts (:data:`PROTOCOL`), what the claims are about;
 * on the pilot's training prompts (``finetune_pilot.pilot_records``): the gain on the fine-tuning
   distribution, which shows that fine-tuning changed the model.
 
@@ -20,8 +20,8 @@ skips it::
     nohup nice -n 10 python -m benchmarks.reproduce_compositional --ready-only --shard 1/2 > c1.log 2>&1 &
     python -m benchmarks.reproduce_compositional --report-only           # the table from the finished rows
 
-The switch points that other issues settle are the three definitions right below (#18: protocol and
-statistics; #19: the recommended routing preset).
+The switch points that other issues settle are in one block near the top (#18: protocol and statistics;
+#19: the recommended routing preset).
 """
 
 from __future__ import annotations
@@ -30,40 +30,73 @@ import argparse
 import hashlib
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.compositional_plan import print_plan
 from benchmarks.finetune_pilot import BATCH_SIZE, TRAIN_IMAGES, score_images
 from benchmarks.reproduction_claims import Claim, check
-from benchmarks.shapes_rows import Budget, Row, cached, finetuned, fingerprint, fmt_ci, geneval_row, seed_everything
+from benchmarks.shapes_rows import (
+    Budget,
+    Row,
+    cached,
+    finetuned,
+    fingerprint,
+    fmt_ci,
+    seed_everything,
+    traced_sampling,
+    verdict_bits,
+)
+from thinkpix.eval.geneval import generate_geneval, score_geneval_folder
 from thinkpix.shapes.dataset import make_dataset
 from thinkpix.shapes.prompts import evaluation_metadata
 from thinkpix.train import preset
 
-# --- switch points ----------------------------------------------------------------------------------------
+BASE = "shapes-t2i"
+EVAL_SEED = 0  # sampling noise of the held-out images, the same for every row and training seed
+
+# --- switch points: what issues 18 and 19 settle; nothing below this block needs to change ------------------
 RECOMMENDED_PRESET: str | None = None
 """SWITCH (#19, "Routing that learns"): the name of the recommended routing preset (e.g. ``"shapes-routed"``)
 once it is on main. Until then the rows with the recommended gate are not ready and ``--ready-only`` skips them."""
 
+PROTOCOL = "v1x4"
+"""SWITCH (#18): ``"v2"`` once ``thinkpix.shapes.protocol`` (Shapes-GenEval v2) is on main, with the two functions
+below calling it (their docstrings say how). Until then: the v1 held-out prompts with GenEval's 4 samples each
+(344 images a row and seed, unbalanced across tags) and per-batch noise, the same for every row."""
+V1_SAMPLES = 4
 
-def protocol() -> tuple[str, list[dict], int]:
-    """SWITCH (#18, Shapes-GenEval v2): (protocol name, held-out records, samples per record). Until v2 is on
-    main: the v1 held-out set with GenEval's 4 samples per prompt (344 images, unbalanced across tags)."""
-    return "geneval-v1x4", evaluation_metadata(), 4
+
+def protocol_images() -> list[tuple[int, int, str]]:
+    """(prompt_index, sample_index, tag) of every held-out image, in folder order. With v2: ``[(j.prompt_index,
+    j.sample_index, j.metadata["tag"]) for j in get_protocol("v2").jobs(EVAL_SEED)]``."""
+    return [(i, n, meta["tag"]) for i, meta in enumerate(evaluation_metadata()) for n in range(V1_SAMPLES)]
+
+
+def sample_held_out(target, out: Path, steps: int) -> Path:
+    """Sample every held-out image into a GenEval folder. With v2: ``generate_protocol(target, "v2", out,
+    seed=EVAL_SEED, steps=steps, progress=False)``."""
+    return generate_geneval(target, evaluation_metadata(), out, samples=V1_SAMPLES, seed=EVAL_SEED, steps=steps,
+                            progress=False)
 
 
 def compare(claim: Claim, rows: dict[str, list[dict]]) -> tuple[str, str]:
-    """SWITCH (#18, paired statistics): (verdict, difference) of a claim. Until #18's cluster bootstrap, MDE
-    and Holm correction are on main: the per-seed paired difference with Student's t (reproduction_claims)."""
+    """SWITCH (#18, paired statistics): (verdict, difference) of a claim. With ``benchmarks.stats`` on main:
+    ``compare_verdicts`` on ``{seed: verdicts(result)}`` of both rows (per-image pairs, MDE) and Holm over
+    :data:`CLAIMS`. Until then: the per-seed paired difference with Student's t (``reproduction_claims``)."""
     return check(claim, {"t2i": rows}, 100.0)
 # ----------------------------------------------------------------------------------------------------------
 
 
-BASE = "shapes-t2i"
+def verdicts(result: dict) -> list[dict]:
+    """A cached row's held-out verdicts as ``{"prompt_index", "sample_index", "tag", "correct"}`` dicts."""
+    bits = result["geneval"]["correct"]
+    return [{"prompt_index": i, "sample_index": n, "tag": tag, "correct": bit == "1"}
+            for (i, n, tag), bit in zip(protocol_images(), bits, strict=True)]
+
+
 DECISIVE = Budget(train_images=TRAIN_IMAGES, finetune_steps=1500, batch_size=BATCH_SIZE, geneval_prompts=None,
-                  samples=4, sample_steps=20)  # samples: the protocol's (held-out images per prompt)
-EVAL_SEED = 0  # sampling noise of the held-out images, the same for every row and training seed
+                  samples=V1_SAMPLES, sample_steps=20)
 
 
 @dataclass(frozen=True)
@@ -143,36 +176,43 @@ def jobs(design: list[Plan], seeds: list[int] | None, names: list[str] | None, r
     return order
 
 
-def row_path(rows_dir: Path, plan: Plan, seed: int, budget: Budget) -> Path:
-    name, _, _ = protocol()
+def row_folder(plan: Plan, budget: Budget) -> Path:
+    """``<design>/<row>-<config key>``: where a row's cached results (under ``--rows-dir``) and its adapters and
+    samples (under ``--work``) live. A changed base, budget, protocol or training config is another folder, so
+    no checkpoint or result of the old one is resumed."""
     row = plan.resolved()
-    design = f"t2i-{fingerprint(BASE)}-{budget.key()}-{name}"
-    return rows_dir / design / f"{row.slug}-{config_key(row, budget)}" / f"seed{seed}.json"
+    return Path(f"t2i-{fingerprint(BASE)}-{budget.key()}-{PROTOCOL}") / f"{row.slug}-{config_key(row, budget)}"
+
+
+def row_path(rows_dir: Path, plan: Plan, seed: int, budget: Budget) -> Path:
+    return rows_dir / row_folder(plan, budget) / f"seed{seed}.json"
 
 
 def run_row(plan: Plan, seed: int, budget: Budget, work: Path, data: Path) -> dict:
     """Fine-tune one (row, seed), keep its adapter under ``work``, score it on both prompt sets."""
     row = plan.resolved()
     seed_everything(seed)
-    out = work / row.slug / f"seed{seed}"
+    out = work / row_folder(plan, budget) / f"seed{seed}"
     target, cost = finetuned(BASE, data, row, seed, budget.finetune_steps, budget.batch_size, out / "train",
                              resume=True)
-    name, records, samples = protocol()
-    held_out = geneval_row(target, records, out / "geneval", replace(budget, samples=samples), EVAL_SEED)
+    seconds, latent_steps = traced_sampling(target, lambda: sample_held_out(target, out / "geneval",
+                                                                            budget.sample_steps))
+    scores, results = score_geneval_folder(out / "geneval")
+    held_out = {"scores": scores, "images": len(results), "sample_seconds": seconds, "latent_steps": latent_steps,
+                "correct": verdict_bits(results)}
     started = time.perf_counter()
     train_prompts = score_images(target, out / "train-prompts")
     train_prompts["sample_seconds"] = time.perf_counter() - started
-    return {**cost, "protocol": name, "gate": plan.gate, "preset": row.preset, "geneval": held_out,
+    return {**cost, "protocol": PROTOCOL, "gate": plan.gate, "preset": row.preset, "geneval": held_out,
             "train_prompts": train_prompts}
 
 
 def report(results: dict[str, list[dict]], out: Path, command: str) -> None:
     cols = ["overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"]
-    name, _, samples = protocol()
     lines = ["# The decisive reproduction on the compositional fine-tuning task (in progress)", "",
-             f"Produced by `{command}` from the finished rows (budget {DECISIVE}; held-out protocol `{name}`, "
-             f"{samples} samples per prompt; training prompts as in `finetune_pilot.md`). Mean over training seeds "
-             "with the half-width of its 95% interval (Student's t), percent.", "",
+             f"Produced by `{command}` from the finished rows (budget {DECISIVE}; held-out protocol `{PROTOCOL}`, "
+             f"{len(protocol_images())} images a row and seed; training prompts as in `finetune_pilot.md`). Mean "
+             "over training seeds with the half-width of its 95% interval (Student's t), percent.", "",
              "| row | gate | held-out " + " | ".join(cols) + " | training prompts overall | train s | sample s "
              "| seeds |", "| --- | --- |" + " ---: |" * (len(cols) + 4)]
     for plan in DESIGN:
@@ -208,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     work, rows_dir = Path(args.work), Path(args.rows_dir)
     if args.plan:
-        name, records, samples = protocol()
-        return print_plan(DESIGN, DECISIVE, name, len(records) * samples, work, rows_dir)
+        return print_plan(DESIGN, DECISIVE, PROTOCOL, len(protocol_images()), work, rows_dir)
     index, count = (int(x) for x in args.shard.split("/"))
     todo = jobs(DESIGN, args.seeds, args.rows, args.ready_only)
     data = make_dataset(work / "data", n=DECISIVE.train_images, seed=0, recipe="compositional")

@@ -135,22 +135,31 @@ def sampling_macs(target: TrainTarget, conditions: list, steps: int, guidance_sc
     return counter.get_total_flops() / 2 / len(conditions)
 
 
+def traced_sampling(target: TrainTarget, sample: Callable[[], object]) -> tuple[float, float | None]:
+    """Run ``sample()``: its seconds and the mean latent steps the RSR layers used (None without RSR)."""
+    started = time.perf_counter()
+    if rsr_install(target.transformer) is None:
+        sample()
+        return time.perf_counter() - started, None
+    with routing_trace(target.transformer) as trace:
+        sample()
+    return time.perf_counter() - started, trace.mean_steps_used()
+
+
 def geneval_row(target: TrainTarget, records: list[dict], out: Path, budget: Budget, seed: int,
                 steps: int | None = None) -> dict:
-    """Sample the records into a GenEval folder, score it; with the sampling time and the latent steps used."""
+    """Sample the records into a GenEval folder, score it; with the sampling time, the latent steps used and
+    the per-image verdicts (``correct``: one 0/1 character per image, in folder order)."""
     steps = steps or budget.sample_steps
-    started = time.perf_counter()
-    if rsr_install(target.transformer) is not None:
-        with routing_trace(target.transformer) as trace:
-            generate_geneval(target, records, out, samples=budget.samples, seed=seed, steps=steps, progress=False)
-        latent_steps = trace.mean_steps_used()
-    else:
-        generate_geneval(target, records, out, samples=budget.samples, seed=seed, steps=steps, progress=False)
-        latent_steps = None
-    seconds = time.perf_counter() - started
+    seconds, latent_steps = traced_sampling(target, lambda: generate_geneval(
+        target, records, out, samples=budget.samples, seed=seed, steps=steps, progress=False))
     scores, results = score_geneval_folder(out)
     return {"scores": scores, "images": len(results), "sample_seconds": seconds, "sample_steps": steps,
-            "latent_steps": latent_steps}
+            "latent_steps": latent_steps, "correct": verdict_bits(results)}
+
+
+def verdict_bits(results: list) -> str:
+    return "".join("1" if r.correct else "0" for r in results)
 
 
 def spread(records: list, n: int | None) -> list:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -106,3 +107,30 @@ def test_config_key_follows_the_resolved_preset(monkeypatch):
     # the same resolved config through another preset name is the same row
     three = Row("RSR", "rsr", {"layers": "middle"}, "shapes-three")
     assert config_key(three, budget) == config_key(paper.resolved(), budget)
+
+
+def test_the_driver_runs_caches_and_resumes_rows_on_a_tiny_base(tmp_path, monkeypatch):
+    pipe = ShapesTextToImagePipeline.from_scratch("mmdit-s", seed=0, width=32, head_dim=16, num_layers=2)
+    pipe.save_pretrained(tmp_path / "base")
+    monkeypatch.setattr(reproduce_compositional, "BASE", str(tmp_path / "base"))
+    monkeypatch.setattr(reproduce_compositional, "V1_SAMPLES", 1)
+    monkeypatch.setattr(reproduce_compositional, "DECISIVE", Budget(train_images=16, finetune_steps=2, batch_size=4,
+                                                                    samples=1, sample_steps=2))
+    monkeypatch.setattr(finetune_pilot, "IMAGES_PER_TAG", {tag: 2 for tag in finetune_pilot.IMAGES_PER_TAG})
+    monkeypatch.setattr(finetune_pilot, "SAMPLE_STEPS", 2)
+    args = ["--rows", "base", "SFT (middle)", "--seeds", "0", "--work", str(tmp_path / "work"), "--rows-dir",
+            str(tmp_path / "rows"), "--out", str(tmp_path / "report.md")]
+    assert reproduce_compositional.main(args) == 0
+    cached_rows = sorted((tmp_path / "rows").rglob("seed0.json"))
+    assert len(cached_rows) == 2
+    stamps = [p.stat().st_mtime_ns for p in cached_rows]
+    assert reproduce_compositional.main(args) == 0  # a rerun trains and samples nothing
+    assert [p.stat().st_mtime_ns for p in cached_rows] == stamps
+    result = json.loads(next(p for p in cached_rows if "sft-middle" in str(p)).read_text())
+    assert result["train_steps"] == 2 and result["protocol"] == reproduce_compositional.PROTOCOL
+    found = reproduce_compositional.verdicts(result)
+    assert len(found) == 86 and {v["tag"] for v in found} == set(finetune_pilot.IMAGES_PER_TAG)
+    assert np.mean([v["correct"] for v in found if v["tag"] == "colors"]) == result["geneval"]["scores"]["colors"]
+    assert len(result["train_prompts"]["correct"]) == 12
+    report = (tmp_path / "report.md").read_text()
+    assert "| SFT (middle) | - |" in report and "| base | - |" in report
