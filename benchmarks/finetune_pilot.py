@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,8 @@ from thinkpix.shapes.recipes import COMPOSITIONAL_TAGS, depicted_bindings, recip
 
 BASE = "shapes-t2i"
 ROW = Row("SFT (middle)", "sft", {"layers": "middle"})
+ARMS = {"lr1e-3": ROW, "lr3e-3": Row("SFT (middle), lr 3e-3", "sft", {"layers": "middle", "learning_rate": 3e-3})}
+"""Pilot arms by name: the preset's rate (1e-3) and a higher one, for when the first does not move the model."""
 LADDER = (250, 1000)
 TRAIN_IMAGES = 1000  # the paper fine-tunes on 1000 MSCOCO images
 BATCH_SIZE = 32
@@ -109,74 +112,88 @@ def paired_interval(diff: np.ndarray, tags: list[str], prompts: list[str], reps:
     return point, float(low), float(high)
 
 
-def run(work: Path, rows_dir: Path, seeds: list[int]) -> tuple[dict, dict]:
+def run(work: Path, rows_dir: Path, arms: list[str], seeds: list[int], ladder: list[int]) -> dict:
+    """The base's verdicts, then every (arm, rung, seed) not cached yet, rung by rung (an interrupted pilot has
+    every seed at the lower rungs). Returns the base's result."""
     data = make_dataset(work / "data", n=TRAIN_IMAGES, seed=0, recipe="compositional")
     base = cached(rows_dir / "base.json", lambda: score_images(finetuned(BASE, data, Row("base", "base"), 0, 0,
                                                                          BATCH_SIZE, work / "base")[0],
                                                                work / "base" / "geneval"))
-    sft: dict = {}
-    for steps in LADDER:  # rung by rung, so that an interrupted pilot has every seed at the lower rungs
-        for seed in seeds:
-            def compute(seed=seed, steps=steps) -> dict:
-                seed_everything(seed)
-                out = work / ROW.slug / f"seed{seed}"
-                target, cost = finetuned(BASE, data, ROW, seed, steps, BATCH_SIZE, out / "train", resume=True)
-                return {**cost, **score_images(target, out / f"geneval-step{steps}")}
+    for arm in (ARMS[name] for name in arms):
+        for steps in ladder:
+            for seed in seeds:
+                def compute(arm=arm, seed=seed, steps=steps) -> dict:
+                    seed_everything(seed)
+                    out = work / arm.slug / f"seed{seed}"
+                    target, cost = finetuned(BASE, data, arm, seed, steps, BATCH_SIZE, out / "train", resume=True)
+                    return {**cost, **score_images(target, out / f"geneval-step{steps}")}
 
-            sft[(seed, steps)] = cached(rows_dir / ROW.slug / f"seed{seed}-step{steps}.json", compute)
-            print(f"[pilot] seed {seed} step {steps}: {sft[(seed, steps)]['scores']}", flush=True)
-    return base, sft
+                result = cached(rows_dir / arm.slug / f"seed{seed}-step{steps}.json", compute)
+                print(f"[pilot] {arm.name} seed {seed} step {steps}: {result['scores']}", flush=True)
+    return base
 
 
-def report(base: dict, sft: dict, seeds: list[int], out: Path, command: str) -> None:
+def finished(rows_dir: Path) -> dict[tuple[str, int], dict[int, dict]]:
+    """Every cached (arm, rung) with its results by seed."""
+    found: dict[tuple[str, int], dict[int, dict]] = {}
+    for arm in ARMS.values():
+        for path in sorted((rows_dir / arm.slug).glob("seed*-step*.json")):
+            seed, steps = (int(x) for x in re.fullmatch(r"seed(\d+)-step(\d+)", path.stem).groups())
+            found.setdefault((arm.name, steps), {})[seed] = json.loads(path.read_text())
+    return dict(sorted(found.items(), key=lambda item: (item[0][0] != ROW.name, item[0])))
+
+
+def rung_line(name: str, steps: int, results: list[dict], base: dict, cols: list[str]) -> tuple[str, dict]:
+    """One table line (and its summary) for the results of an arm's rung, seed-averaged, paired to the base."""
+    tags, base_correct = base["tags"], np.asarray(base["correct"], dtype=float)
+    correct = np.mean([np.asarray(r["correct"], dtype=float) for r in results], axis=0)
+    point, low, high = paired_interval(correct - base_correct, tags, base["prompts"])
+    per_seed = [100 * (compositional_overall(np.asarray(r["correct"], float), tags)
+                       - compositional_overall(base_correct, tags)) for r in results]
+    train = sum(r["train_seconds"] for r in results) / len(results)
+    scores = {c: float(np.mean([r["scores"][c] for r in results])) for c in cols}
+    line = (f"| {name} | {steps} | {steps * BATCH_SIZE / TRAIN_IMAGES:.0f} | {len(results)} | "
+            f"{100 * compositional_overall(correct, tags):.1f} | " + " | ".join(f"{100 * scores[c]:.1f}" for c in cols)
+            + f" | {100 * point:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] "
+            f"(seeds: {', '.join(f'{d:+.1f}' for d in per_seed)}) | {train:.0f} |")
+    return line, {"difference": point, "interval": [low, high], "per_seed": per_seed, "scores": scores}
+
+
+def report(base: dict, rows_dir: Path, out: Path, command: str) -> None:
     tags = base["tags"]
-    base_correct = np.asarray(base["correct"], dtype=float)
     cols = [*COMPOSITIONAL_TAGS, "single_object", "colors"]
     lines = ["# Fine-tuning pilot: SFT vs base on training prompts", "",
-             f"Produced by `{command}`. Base {describe_base(BASE)}. {ROW.name} ({ROW.describe()}, preset "
-             f"`{ROW.preset}`: rank 16, lr 1e-3 constant, batch {BATCH_SIZE}) fine-tuned on {TRAIN_IMAGES} images of "
-             "the `compositional` recipe (seed 0), checkpointed at each rung of the step ladder and resumed. Scored "
-             f"on {len(tags)} images of training prompts ({', '.join(f'{t} {n}' for t, n in IMAGES_PER_TAG.items())}; "
+             f"Produced by `{command}` (the table holds every cached arm and rung). Base {describe_base(BASE)}. "
+             f"SFT: LoRA rank 16 on the middle layer (preset `{ROW.preset}`, constant rate, batch {BATCH_SIZE}), "
+             f"fine-tuned on {TRAIN_IMAGES} images of the `compositional` recipe (seed 0), one run per seed "
+             "checkpointed at each rung of the step ladder and resumed. Scored on "
+             f"{len(tags)} images of training prompts ({', '.join(f'{t} {n}' for t, n in IMAGES_PER_TAG.items())}; "
              f"one image per record, sampling seed {SAMPLE_SEED}, {SAMPLE_STEPS} steps, guidance 4 with the base's "
              "interval), the same noise for every row. Percent. *compositional* = mean of the four compositional "
-             "tags; its difference to the base is paired image by image, 95% bootstrap interval over prompts "
-             "within each tag (sampling and prompt noise; the per-seed lines show the training-seed spread).", "",
+             "tags; its difference to the base is paired image by image (seed-averaged), with a 95% bootstrap "
+             "interval over prompts within each tag (sampling and prompt noise; the per-seed differences show the "
+             "training-seed spread). *train s*: seconds of the run's last leg (from the rung below), on a shared "
+             "machine.", "",
              "| row | steps | epochs | seeds | " + " | ".join(["compositional", *cols]) + " | vs base (compositional) "
-             "| train s (per run) |", "| --- |" + " ---: |" * (len(cols) + 6)]
-    lines.append(f"| base | 0 | 0 | - | {100 * compositional_overall(base_correct, tags):.1f} | "
+             "| train s |", "| --- |" + " ---: |" * (len(cols) + 6)]
+    lines.append(f"| base | 0 | 0 | - | {100 * compositional_overall(np.asarray(base['correct'], float), tags):.1f} | "
                  + " | ".join(f"{100 * base['scores'][c]:.1f}" for c in cols) + " | - | - |")
     summary = {}
-    for steps in LADDER:
-        done = [seed for seed in seeds if (seed, steps) in sft]
-        if not done:
-            continue
-        results = [sft[(seed, steps)] for seed in done]
-        correct = np.mean([np.asarray(r["correct"], dtype=float) for r in results], axis=0)
-        point, low, high = paired_interval(correct - base_correct, tags, base["prompts"])
-        per_seed = [100 * (compositional_overall(np.asarray(r["correct"], float), tags)
-                           - compositional_overall(base_correct, tags)) for r in results]
-        cumulative = sum(sft[(seed, s)]["train_seconds"] for seed in done for s in LADDER if s <= steps
-                         and (seed, s) in sft) / len(done)
-        scores = {c: np.mean([r["scores"][c] for r in results]) for c in cols}
-        lines.append(f"| {ROW.name} | {steps} | {steps * BATCH_SIZE / TRAIN_IMAGES:.0f} | {len(done)} | "
-                     f"{100 * compositional_overall(correct, tags):.1f} | "
-                     + " | ".join(f"{100 * scores[c]:.1f}" for c in cols)
-                     + f" | {100 * point:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] "
-                     f"(seeds: {', '.join(f'{d:+.1f}' for d in per_seed)}) | {cumulative:.0f} |")
-        summary[steps] = {"difference": point, "interval": [low, high], "per_seed": per_seed,
-                          "train_seconds": cumulative, "scores": scores}
+    for (name, steps), by_seed in finished(rows_dir).items():
+        line, summary[f"{name} @ {steps}"] = rung_line(name, steps, list(by_seed.values()), base, cols)
+        lines.append(line)
     leaks = {recipe: unstated_held_out(recipe) for recipe in ("pretrain", "compositional")}
     lines += ["", leak_sentence(leaks)]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"ladder": LADDER, "seeds": seeds, "summary": summary,
-                                                    "unstated_held_out": leaks},
-                                                   indent=2, default=float))
+    out.with_suffix(".json").write_text(json.dumps({"summary": summary, "unstated_held_out": leaks}, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arms", nargs="+", default=["lr1e-3"], choices=tuple(ARMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--ladder", type=int, nargs="+", default=list(LADDER), help="step budgets, ascending")
     parser.add_argument("--work", default="runs/finetune_pilot")
     parser.add_argument("--rows-dir", default="docs/results/finetune_pilot_rows")
     parser.add_argument("--out", default="docs/results/finetune_pilot.md")
@@ -186,9 +203,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     rows_dir = Path(args.rows_dir) / f"{fingerprint(BASE)}-{design_key()}"
-    base, sft = run(Path(args.work), rows_dir, args.seeds)
-    report(base, sft, args.seeds, Path(args.out), "python -m benchmarks.finetune_pilot"
-           + (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0, 1] else ""))
+    base = run(Path(args.work), rows_dir, args.arms, args.seeds, sorted(args.ladder))
+    report(base, rows_dir, Path(args.out), "python -m benchmarks.finetune_pilot" + "".join(
+        f" --{flag} {' '.join(map(str, value))}" for flag, value, default in (
+            ("arms", args.arms, ["lr1e-3"]), ("seeds", args.seeds, [0, 1]), ("ladder", args.ladder, list(LADDER)))
+        if value != default))
     print(f"wrote {args.out}")
     return 0
 

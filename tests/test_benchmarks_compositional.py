@@ -134,3 +134,26 @@ def test_the_driver_runs_caches_and_resumes_rows_on_a_tiny_base(tmp_path, monkey
     assert len(result["train_prompts"]["correct"]) == 12
     report = (tmp_path / "report.md").read_text()
     assert "| SFT (middle) | - |" in report and "| base | - |" in report
+
+
+def test_the_pilot_climbs_its_ladder_once_and_reports_every_cached_rung(tmp_path, monkeypatch):
+    pipe = ShapesTextToImagePipeline.from_scratch("mmdit-s", seed=0, width=32, head_dim=16, num_layers=2)
+    pipe.save_pretrained(tmp_path / "base")
+    monkeypatch.setattr(finetune_pilot, "BASE", str(tmp_path / "base"))
+    monkeypatch.setattr(finetune_pilot, "TRAIN_IMAGES", 16)
+    monkeypatch.setattr(finetune_pilot, "BATCH_SIZE", 4)
+    monkeypatch.setattr(finetune_pilot, "IMAGES_PER_TAG", {tag: 2 for tag in finetune_pilot.IMAGES_PER_TAG})
+    monkeypatch.setattr(finetune_pilot, "SAMPLE_STEPS", 2)
+    args = ["--seeds", "0", "--ladder", "1", "2", "--work", str(tmp_path / "work"), "--rows-dir",
+            str(tmp_path / "rows"), "--out", str(tmp_path / "pilot.md")]
+    assert finetune_pilot.main(args) == 0
+    cached_rungs = sorted((tmp_path / "rows").rglob("seed0-step*.json"))
+    assert [p.name for p in cached_rungs] == ["seed0-step1.json", "seed0-step2.json"]
+    second = json.loads(cached_rungs[1].read_text())
+    assert second["train_steps"] == 2 and len(second["correct"]) == 12
+    report = (tmp_path / "pilot.md").read_text()
+    assert "--seeds 0 --ladder 1 2" in report
+    assert "| SFT (middle) | 1 |" in report and "| SFT (middle) | 2 |" in report and "`compositional` 0." in report
+    stamps = [p.stat().st_mtime_ns for p in cached_rungs]
+    assert finetune_pilot.main(args) == 0  # a rerun trains and samples nothing
+    assert [p.stat().st_mtime_ns for p in cached_rungs] == stamps
