@@ -44,7 +44,7 @@ def kind(row: Row) -> str:
 def print_plan(design: list, budget: Budget, protocol_name: str, held_out_images: int, work: Path, rows_dir: Path,
                base: str = "shapes-t2i") -> int:
     """Measure every kind of row of ``design`` not measured yet, then print (and write to
-    ``<rows-dir>/plan.md``) the hours each row and the whole design take."""
+    ``<rows-dir>/plan-<held-out images>.md``) the hours each row and the whole design take."""
     data = make_dataset(work / "data", n=budget.train_images, seed=0, recipe="compositional")
     path = rows_dir / f"cost-{fingerprint(base)}.json"
     measured = json.loads(path.read_text()) if path.is_file() else {}
@@ -71,5 +71,5 @@ def print_plan(design: list, budget: Budget, protocol_name: str, held_out_images
     lines += ["", f"Total: {total / 3600:.1f} hours in one process; about {total / 7200:.1f} hours in two "
               "(`--shard 0/2`, `--shard 1/2`) when each gets a core."]
     print("\n".join(lines))
-    (rows_dir / "plan.md").write_text("\n".join(lines) + "\n")
+    (rows_dir / f"plan-{held_out_images}.md").write_text("\n".join(lines) + "\n")
     return 0

@@ -240,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows-dir", default="docs/results/compositional_rows")
     parser.add_argument("--out", default="docs/results/compositional.md")
     parser.add_argument("--plan", action="store_true", help="measure a row's cost and print the run plan")
+    parser.add_argument("--plan-held-out-images", type=int, default=None,
+                        help="plan for this many held-out images a row and seed (default: the protocol's; v2 has "
+                             "1120) instead of the current protocol's")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -248,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     work, rows_dir = Path(args.work), Path(args.rows_dir)
     if args.plan:
-        return print_plan(DESIGN, DECISIVE, PROTOCOL, len(protocol_images()), work, rows_dir)
+        images = args.plan_held_out_images or len(protocol_images())
+        name = PROTOCOL if args.plan_held_out_images is None else f"{images} images"
+        return print_plan(DESIGN, DECISIVE, name, images, work, rows_dir)
     index, count = (int(x) for x in args.shard.split("/"))
     todo = jobs(DESIGN, args.seeds, args.rows, args.ready_only)
     data = make_dataset(work / "data", n=DECISIVE.train_images, seed=0, recipe="compositional")

@@ -157,3 +157,27 @@ def test_the_pilot_climbs_its_ladder_once_and_reports_every_cached_rung(tmp_path
     stamps = [p.stat().st_mtime_ns for p in cached_rungs]
     assert finetune_pilot.main(args) == 0  # a rerun trains and samples nothing
     assert [p.stat().st_mtime_ns for p in cached_rungs] == stamps
+
+
+def test_the_plan_measures_each_kind_of_row_once_and_sums_hours(tmp_path, monkeypatch, capsys):
+    from benchmarks import compositional_plan
+
+    pipe = ShapesTextToImagePipeline.from_scratch("mmdit-s", seed=0, width=32, head_dim=16, num_layers=2)
+    pipe.save_pretrained(tmp_path / "base")
+    monkeypatch.setattr(compositional_plan, "STEPS", 2)
+    monkeypatch.setattr(compositional_plan, "IMAGES", 4)
+    rsr = Row("RSR", "rsr", {"num_experts": 2, "latent_steps": 2, "rank": 2})
+    design = [Plan(Row("base", "base"), 1, None), Plan(rsr, 5, "recommended"),
+              Plan(Row("RSR, paper gate", "rsr", rsr.fields), 3, "paper")]  # same kind as the recommended row
+    budget = Budget(train_images=8, finetune_steps=100, batch_size=4, sample_steps=2)
+    args = (design, budget, "v1x4", 344, tmp_path / "work", tmp_path / "rows", str(tmp_path / "base"))
+    assert compositional_plan.print_plan(*args) == 0
+    measured = json.loads(next((tmp_path / "rows").glob("cost-*.json")).read_text())
+    assert len(measured) == 2  # base and one RSR kind
+    rsr_cost = measured[compositional_plan.kind(rsr)]
+    assert rsr_cost["seconds_per_step"] > 0 and rsr_cost["seconds_per_image"] > 0
+    table = (tmp_path / "rows" / "plan-344.md").read_text()
+    per_seed = 100 * rsr_cost["seconds_per_step"] + (344 + 240) * rsr_cost["seconds_per_image"]
+    assert f"| RSR | recommended | 5 | {rsr_cost['seconds_per_step']:.2f} |" in table
+    assert f"{per_seed * 5 / 3600:.2f}" in table
+    assert "| base |" in capsys.readouterr().out
