@@ -24,6 +24,25 @@ from thinkpix.shapes.recipes import COMPOSITIONAL_TAGS  # noqa: E402
 from thinkpix.train import config as train_config  # noqa: E402
 
 
+def _tiny_base(tmp_path: Path, trained: bool = False) -> Path:
+    """A 2-layer text-to-image pipeline saved under ``tmp_path / "base"``; ``trained``: weights moved off their
+    initialisation (a fresh model's zero-initialised output layer passes no gradient to an adapter)."""
+    pipe = ShapesTextToImagePipeline.from_scratch("mmdit-s", seed=0, width=32, head_dim=16, num_layers=2)
+    if trained:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for param in pipe.transformer.parameters():
+                param.add_(0.05 * torch.randn_like(param))
+    pipe.save_pretrained(tmp_path / "base")
+    return tmp_path / "base"
+
+
+def _small_pilot_images(monkeypatch) -> None:
+    """Two training-prompt images a tag, sampled in 2 steps."""
+    monkeypatch.setattr(finetune_pilot, "IMAGES_PER_TAG", {tag: 2 for tag in finetune_pilot.IMAGES_PER_TAG})
+    monkeypatch.setattr(finetune_pilot, "SAMPLE_STEPS", 2)
+
+
 def _design(prompts_per_tag: int = 12, repeats: int = 2):
     tags = [t for t in COMPOSITIONAL_TAGS for _ in range(prompts_per_tag * repeats)]
     prompts = [f"{t}-{i // repeats}" for t in COMPOSITIONAL_TAGS for i in range(prompts_per_tag * repeats)]
@@ -60,12 +79,7 @@ def test_paired_interval_is_exact_on_a_constant_shift_and_covers_a_known_differe
 
 
 def test_a_budget_ladder_resumed_equals_one_run(tmp_path):
-    pipe = ShapesTextToImagePipeline.from_scratch("mmdit-s", seed=0, width=32, head_dim=16, num_layers=2)
-    torch.manual_seed(0)
-    with torch.no_grad():  # a fresh model's zero-initialised output layer would pass no gradient to the adapter
-        for param in pipe.transformer.parameters():
-            param.add_(0.05 * torch.randn_like(param))
-    pipe.save_pretrained(tmp_path / "base")
+    _tiny_base(tmp_path, trained=True)
     data = make_dataset(tmp_path / "data", n=16, seed=0, recipe="compositional")
     row = Row("sft", "sft", {"rank": 2})
     finetuned(str(tmp_path / "base"), data, row, 0, 2, 4, tmp_path / "ladder", resume=True)
@@ -110,14 +124,12 @@ def test_config_key_follows_the_resolved_preset(monkeypatch):
 
 
 def test_the_driver_runs_caches_and_resumes_rows_on_a_tiny_base(tmp_path, monkeypatch):
-    pipe = ShapesTextToImagePipeline.from_scratch("mmdit-s", seed=0, width=32, head_dim=16, num_layers=2)
-    pipe.save_pretrained(tmp_path / "base")
+    _tiny_base(tmp_path)
     monkeypatch.setattr(reproduce_compositional, "BASE", str(tmp_path / "base"))
     monkeypatch.setattr(reproduce_compositional, "V1_SAMPLES", 1)
     monkeypatch.setattr(reproduce_compositional, "DECISIVE", Budget(train_images=16, finetune_steps=2, batch_size=4,
                                                                     samples=1, sample_steps=2))
-    monkeypatch.setattr(finetune_pilot, "IMAGES_PER_TAG", {tag: 2 for tag in finetune_pilot.IMAGES_PER_TAG})
-    monkeypatch.setattr(finetune_pilot, "SAMPLE_STEPS", 2)
+    _small_pilot_images(monkeypatch)
     args = ["--rows", "base", "SFT (middle)", "--seeds", "0", "--work", str(tmp_path / "work"), "--rows-dir",
             str(tmp_path / "rows"), "--out", str(tmp_path / "report.md")]
     assert reproduce_compositional.main(args) == 0
@@ -137,13 +149,11 @@ def test_the_driver_runs_caches_and_resumes_rows_on_a_tiny_base(tmp_path, monkey
 
 
 def test_the_pilot_climbs_its_ladder_once_and_reports_every_cached_rung(tmp_path, monkeypatch):
-    pipe = ShapesTextToImagePipeline.from_scratch("mmdit-s", seed=0, width=32, head_dim=16, num_layers=2)
-    pipe.save_pretrained(tmp_path / "base")
+    _tiny_base(tmp_path)
     monkeypatch.setattr(finetune_pilot, "BASE", str(tmp_path / "base"))
     monkeypatch.setattr(finetune_pilot, "TRAIN_IMAGES", 16)
     monkeypatch.setattr(finetune_pilot, "BATCH_SIZE", 4)
-    monkeypatch.setattr(finetune_pilot, "IMAGES_PER_TAG", {tag: 2 for tag in finetune_pilot.IMAGES_PER_TAG})
-    monkeypatch.setattr(finetune_pilot, "SAMPLE_STEPS", 2)
+    _small_pilot_images(monkeypatch)
     args = ["--seeds", "0", "--ladder", "1", "2", "--work", str(tmp_path / "work"), "--rows-dir",
             str(tmp_path / "rows"), "--out", str(tmp_path / "pilot.md")]
     assert finetune_pilot.main(args) == 0
@@ -162,8 +172,7 @@ def test_the_pilot_climbs_its_ladder_once_and_reports_every_cached_rung(tmp_path
 def test_the_plan_measures_each_kind_of_row_once_and_sums_hours(tmp_path, monkeypatch, capsys):
     from benchmarks import compositional_plan
 
-    pipe = ShapesTextToImagePipeline.from_scratch("mmdit-s", seed=0, width=32, head_dim=16, num_layers=2)
-    pipe.save_pretrained(tmp_path / "base")
+    _tiny_base(tmp_path)
     monkeypatch.setattr(compositional_plan, "STEPS", 2)
     monkeypatch.setattr(compositional_plan, "IMAGES", 4)
     rsr = Row("RSR", "rsr", {"num_experts": 2, "latent_steps": 2, "rank": 2})
