@@ -21,8 +21,8 @@ from benchmarks.shapes_rows import Budget, Row, finetuned, fingerprint, geneval_
 from thinkpix.shapes.dataset import make_dataset
 from thinkpix.shapes.prompts import evaluation_metadata
 
-STEPS = 30
-IMAGES = 64
+STEPS = 20
+IMAGES = 32
 
 
 def measure(row: Row, base: str, budget: Budget, data: Path, out: Path) -> dict:
