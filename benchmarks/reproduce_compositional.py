@@ -95,8 +95,10 @@ def verdicts(result: dict) -> list[dict]:
             for (i, n, tag), bit in zip(protocol_images(), bits, strict=True)]
 
 
-DECISIVE = Budget(train_images=TRAIN_IMAGES, finetune_steps=1500, batch_size=BATCH_SIZE, geneval_prompts=None,
+DECISIVE = Budget(train_images=TRAIN_IMAGES, finetune_steps=1000, batch_size=BATCH_SIZE, geneval_prompts=None,
                   samples=V1_SAMPLES, sample_steps=20)
+"""1000 steps of batch 32 on 1000 images (32 epochs): the pilot's rung at which SFT gains on training prompts
+(``docs/results/finetune_task.md``)."""
 
 
 @dataclass(frozen=True)
