@@ -45,11 +45,11 @@ def print_plan(design: list, budget: Budget, protocol_name: str, held_out_images
                base: str = "shapes-t2i") -> int:
     """Measure every kind of row of ``design`` not measured yet, then print (and write to
     ``<rows-dir>/plan-<held-out images>.md``) the hours each row and the whole design take."""
-    data = make_dataset(work / "data", n=budget.train_images, seed=0, recipe="compositional")
     path = rows_dir / f"cost-{fingerprint(base)}.json"
     measured = json.loads(path.read_text()) if path.is_file() else {}
     for plan in design:
         if kind(plan.row) not in measured:
+            data = make_dataset(work / "data", n=budget.train_images, seed=0, recipe="compositional")
             measured[kind(plan.row)] = measure(plan.row, base, budget, data, work / "cost" / plan.row.slug)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(measured, indent=2))
