@@ -178,28 +178,32 @@ def jobs(design: list[Plan], seeds: list[int] | None, names: list[str] | None, r
     return order
 
 
-def row_folder(plan: Plan, budget: Budget) -> Path:
-    """``<design>/<row>-<config key>``: where a row's cached results (under ``--rows-dir``) and its adapters and
-    samples (under ``--work``) live. A changed base, budget, protocol or training config is another folder, so
-    no checkpoint or result of the old one is resumed."""
+def training_folder(plan: Plan, budget: Budget) -> Path:
+    """``<training design>/<row>-<config key>`` under ``--work``: a row's adapters (checkpoints, final weights)
+    and samples. It names the base, the fine-tuning data and steps and the resolved training config but not the
+    protocol, so switching the protocol re-scores the trained adapters instead of training them again."""
     row = plan.resolved()
-    return Path(f"t2i-{fingerprint(BASE)}-{budget.key()}-{PROTOCOL}") / f"{row.slug}-{config_key(row, budget)}"
+    design = f"t2i-{fingerprint(BASE)}-n{budget.train_images}-s{budget.finetune_steps}-b{budget.batch_size}"
+    return Path(design) / f"{row.slug}-{config_key(row, budget)}"
 
 
 def row_path(rows_dir: Path, plan: Plan, seed: int, budget: Budget) -> Path:
-    return rows_dir / row_folder(plan, budget) / f"seed{seed}.json"
+    """A (row, seed)'s cached result: keyed by everything the training folder is, the budget and the protocol."""
+    design, row = training_folder(plan, budget).parts
+    return rows_dir / f"{design}-{budget.key()}-{PROTOCOL}" / row / f"seed{seed}.json"
 
 
 def run_row(plan: Plan, seed: int, budget: Budget, work: Path, data: Path) -> dict:
-    """Fine-tune one (row, seed), keep its adapter under ``work``, score it on both prompt sets."""
+    """Fine-tune one (row, seed) (or resume it, or load it when trained already), score it on both prompt sets."""
     row = plan.resolved()
     seed_everything(seed)
-    out = work / row_folder(plan, budget) / f"seed{seed}"
-    target, cost = finetuned(BASE, data, row, seed, budget.finetune_steps, budget.batch_size, out / "train",
-                             resume=True)
-    seconds, latent_steps = traced_sampling(target, lambda: sample_held_out(target, out / "geneval",
-                                                                            budget.sample_steps))
-    scores, results = score_geneval_folder(out / "geneval")
+    out = work / training_folder(plan, budget) / f"seed{seed}"
+    target, trained = finetuned(BASE, data, row, seed, budget.finetune_steps, budget.batch_size, out / "train",
+                                resume=True)
+    cost = cached(out / "train" / "cost.json", lambda: trained)  # a re-scored adapter keeps its training's cost
+    folder = out / f"geneval-{PROTOCOL}"
+    seconds, latent_steps = traced_sampling(target, lambda: sample_held_out(target, folder, budget.sample_steps))
+    scores, results = score_geneval_folder(folder)
     held_out = {"scores": scores, "images": len(results), "sample_seconds": seconds, "latent_steps": latent_steps,
                 "correct": verdict_bits(results)}
     started = time.perf_counter()

@@ -146,6 +146,16 @@ def test_the_driver_runs_caches_and_resumes_rows_on_a_tiny_base(tmp_path, monkey
     assert len(result["train_prompts"]["correct"]) == 12
     report = (tmp_path / "report.md").read_text()
     assert "| SFT (middle) | - |" in report and "| base | - |" in report
+    # another protocol: new result files, the trained adapters are re-scored, not trained again
+    state = next((tmp_path / "work").rglob("sft-middle-*/seed0/train/checkpoints/checkpoint-2/state.json"))
+    trained_at = state.stat().st_mtime_ns
+    monkeypatch.setattr(reproduce_compositional, "PROTOCOL", "v1x4-other")
+    assert reproduce_compositional.main(args) == 0
+    assert state.stat().st_mtime_ns == trained_at
+    rescored = [p for p in (tmp_path / "rows").rglob("seed0.json") if "v1x4-other" in str(p)]
+    assert len(rescored) == 2
+    again = json.loads(next(p for p in rescored if "sft-middle" in str(p)).read_text())
+    assert again["train_seconds"] == result["train_seconds"] and again["protocol"] == "v1x4-other"
 
 
 def test_the_pilot_climbs_its_ladder_once_and_reports_every_cached_rung(tmp_path, monkeypatch):
