@@ -36,11 +36,11 @@ from PIL import Image
 from benchmarks.base_quality import wilson
 from benchmarks.shapes_rows import fingerprint
 from thinkpix.eval.geneval import generate_geneval, score_geneval_folder
+from thinkpix.pipelines import SHIPPED, TrainTarget
 from thinkpix.sampling import load_target
 from thinkpix.shapes.detect import detect_shapes
 from thinkpix.shapes.prompts import colors_metadata, training_metadata
 from thinkpix.shapes.score import score_image
-from thinkpix.train.targets import SHIPPED, TrainTarget
 
 
 def use_interval(target: TrainTarget, high: float) -> None:

@@ -24,9 +24,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from thinkpix.eval.geneval import generate_geneval, score_geneval_folder
 from thinkpix.models import routing_trace, rsr_parameters
 from thinkpix.models.hosts import rsr_install
+from thinkpix.pipelines import SHIPPED
 from thinkpix.train import TrainTarget, load_image_folder, load_pipeline, preset, train
 from thinkpix.train.state import list_checkpoints
-from thinkpix.train.targets import SHIPPED
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ done
 
 # Ship in fp16 (half the bytes in the repo); load_pipeline upcasts to fp32 on load.
 ship() {
-  .venv/bin/python -c "import sys, torch, thinkpix.train.targets as t; \
+  .venv/bin/python -c "import sys, torch, thinkpix.pipelines as t; \
 p = t.load_pipeline(sys.argv[1]); p.to(torch.float16); p.save_pretrained(sys.argv[2])" "$1" "$2"
 }
 rm -rf src/thinkpix/assets/shapes-t2i src/thinkpix/assets/shapes-class

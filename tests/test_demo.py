@@ -5,7 +5,7 @@ import json
 import pytest
 
 from thinkpix.cli import main
-from thinkpix.train.targets import SHIPPED
+from thinkpix.pipelines import SHIPPED
 
 
 @pytest.mark.skipif(not (SHIPPED["shapes-t2i"] / "model_index.json").is_file(), reason="shipped base not built")

@@ -63,8 +63,8 @@ def test_tiny_text_encoder_pools_at_the_end_token():
 
 def test_a_pipeline_saved_after_sampling_writes_the_tokenizer_it_loaded(tmp_path):
     """transformers' fast tokenizers keep the padding a call sets; ``tokenize`` restores it."""
+    from thinkpix.pipelines import SHIPPED
     from thinkpix.train import load_pipeline
-    from thinkpix.train.targets import SHIPPED
 
     pipe = load_pipeline("shapes-t2i")
     pipe(["a photo of a red circle"], num_inference_steps=1, output_type="np")  # the CFG batch has "" too

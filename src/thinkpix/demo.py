@@ -18,11 +18,11 @@ import torch
 
 from .analysis.plots import plot_usage_heatmap
 from .eval.geneval import format_scores, generate_geneval, score_geneval_folder
+from .images import save_grid
 from .models import remove_rsr, routing_trace, rsr_layers
 from .shapes.dataset import make_dataset
 from .shapes.prompts import evaluation_metadata
 from .train import TrainTarget, load_image_folder, load_pipeline, preset, train
-from .train.validation import save_grid
 
 FULL = dict(train_images=2000, max_steps=300, samples=2, eval_steps=20)
 QUICK = dict(train_images=64, max_steps=4, samples=1, eval_steps=4, prompts=12)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from .images import save_grid, to_uint8
 from .models import load_rsr
+from .pipelines import TrainTarget, load_pipeline
 from .shapes.sampling import check_guidance_interval
-from .train.targets import TrainTarget, load_pipeline
-from .train.validation import save_grid, to_uint8
 
 
 def load_target(model: str | Path, rsr: str | Path | None = None,

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from ..argtypes import positive_int
+from ..core.stats import COLLAPSE_SHARE, RoutingStats, routing_stats
 from ..models.inspect import RoutingRecord, RoutingTrace, routing_trace
 from .plots import plot_usage_heatmap, usage_by_timestep
-from .stats import COLLAPSE_SHARE, RoutingStats, routing_stats
 from .trajectories import plot_expert_maps, plot_gate_entropy, plot_trajectories, trajectory_summary
 
 SPECIALISATION_TV = 0.2  # mean TV distance (earliest vs latest timestep bucket) that counts as specialisation
@@ -172,9 +172,9 @@ def analyze_routing(model: str | Path, rsr: str | Path | None, prompts: Sequence
     ``usage_layer<L>.png`` (Fig. 4), ``trajectories_layer<L>.png`` (Fig. 3; first image),
     ``experts_layer<L>.png`` (expert per patch), ``entropy.png``, ``samples.png`` and ``summary.json``.
     Returns the summary."""
+    from ..images import save_grid, to_uint8
     from ..models import rsr_config
     from ..sampling import load_target
-    from ..train.validation import save_grid, to_uint8
 
     if not prompts:
         raise ValueError("give at least one prompt")

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..pipelines import TrainTarget
 from ..shapes.dpg import DPG_CATEGORIES, DpgItem, random_item
 from ..shapes.dpg_score import DpgImageResult, score_dpg_image, summarize_dpg
 from ..shapes.prompts import HELDOUT_BINDINGS, canonical_fact
-from ..train.targets import TrainTarget
 from .geneval import sample_prompt_folders
 
 DPG_SPLITS = ("eval", "train", "all")

@@ -19,10 +19,10 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..images import to_uint8
+from ..pipelines import TrainTarget
 from ..shapes.metadata import validate_metadata
 from ..shapes.score import GenEvalResult, score_image, summarize
-from ..train.targets import TrainTarget
-from ..train.validation import to_uint8
 
 
 def generate_geneval(target: TrainTarget, records: list[dict], out: str | Path, samples: int = 4, seed: int = 0,

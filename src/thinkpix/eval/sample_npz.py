@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..train.targets import TrainTarget
-from ..train.validation import to_uint8
+from ..images import to_uint8
+from ..pipelines import TrainTarget
 from .fid import save_npz
 
 

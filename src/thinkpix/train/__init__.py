@@ -1,9 +1,9 @@
 """Fine-tuning and pretraining on accelerate (one CPU, one GPU, or many processes)."""
 
+from ..pipelines import TrainTarget, load_pipeline
 from .config import PRESETS, TrainConfig, preset
 from .data import ImageDataset, batch_indices, load_image_folder
 from .loop import TrainingDiverged, TrainResult, train
-from .targets import TrainTarget, load_pipeline
 
 __all__ = [
     "PRESETS",

@@ -24,17 +24,17 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from ..analysis.stats import step_stats
 from ..core.config import RSRConfig
+from ..core.stats import step_stats
+from ..images import save_grid
 from ..models import apply_rsr, aux_loss, rsr_layers, save_rsr, set_step_checkpointing
 from ..models.checkpoint import rsr_state_dict
+from ..pipelines import TrainTarget
 from .config import TrainConfig
 from .data import ImageDataset, batch_indices
 from .objectives import flow_matching_loss, noise_prediction_loss, training_scheduler
 from .sharding import gather, gather_optimizer_state, load_into, shard_optimizer_state, shard_transformer
 from .state import load_checkpoint, resolve_resume, save_checkpoint
-from .targets import TrainTarget
-from .validation import save_grid
 
 
 class TrainingDiverged(RuntimeError):

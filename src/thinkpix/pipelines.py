@@ -17,13 +17,13 @@ from torch import Tensor
 
 TEXT_PIPELINES = ("StableDiffusion3Pipeline", "ShapesTextToImagePipeline")
 CLASS_PIPELINES = ("DiTPipeline", "ShapesClassPipeline")
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED = {"shapes-t2i": ASSETS / "shapes-t2i", "shapes-class": ASSETS / "shapes-class"}
 
 
 def _pipeline_class(name: str):
     if name in ("ShapesTextToImagePipeline", "ShapesClassPipeline"):
-        from .. import shapes
+        from . import shapes
 
         return getattr(shapes, name)
     import diffusers
