@@ -118,8 +118,9 @@ def finetuned(base: str, data_dir: Path, row: Row, seed: int, steps: int, batch_
                  validation_steps=0, checkpointing_steps=steps, checkpoints_total_limit=1, **row.fields)
     earlier = [path for step, path in list_checkpoints(out / "checkpoints") if step <= steps] if resume else []
     started = time.perf_counter()
+    # a resumed run continues its checkpoint; any other run starts over in its folder
     train(target, load_image_folder(data_dir), cfg, out, resume=str(earlier[-1]) if earlier else None,
-          report_to=None, progress=False)
+          report_to=None, progress=False, overwrite=not earlier)
     cost.update(train_seconds=time.perf_counter() - started, train_steps=steps,
                 trainable_params=sum(p.numel() for p in rsr_parameters(target.transformer)))
     target.transformer.eval()

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .errors import notices_to_stderr
 
 TRAIN_FIELDS = ("num_experts", "latent_steps", "rank", "gumbel_tau", "routing", "gate_input", "balance_loss_weight",
                 "halting", "halt_threshold", "ponder_weight", "learning_rate", "lr_scheduler",
@@ -37,7 +38,10 @@ def _add_train_options(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--output-dir", required=True, help="checkpoints, logs, validation grids and final weights")
     p.add_argument("--preset", default=default_preset, help="named TrainConfig preset (see thinkpix.train.PRESETS)")
     p.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
-    p.add_argument("--resume-from-checkpoint", default=None, help="'latest' or a checkpoint folder")
+    p.add_argument("--resume-from-checkpoint", default=None,
+                   help="'latest', a checkpoint name in <output-dir>/checkpoints (checkpoint-20) or a folder")
+    p.add_argument("--overwrite-output-dir", action="store_true",
+                   help="start over in an --output-dir that holds another run's checkpoints (deletes them)")
     p.add_argument("--validation-prompt", action="append", default=None,
                    help="prompt (or class id for class models) sampled every --validation-steps; repeatable")
     p.add_argument("--report-to", default="tensorboard", choices=("tensorboard", "none"))
@@ -109,9 +113,10 @@ def _run_training(args: argparse.Namespace, target, data, cfg) -> int:
     from .train import train
 
     result = train(target, data, cfg, args.output_dir, resume=args.resume_from_checkpoint,
-                   validation=_validation(args, data), report_to=None if args.report_to == "none" else args.report_to)
-    print(json.dumps({"step": result.step, "final_loss": result.losses[-1] if result.losses else None,
-                      "weights": str(result.final)}))
+                   validation=_validation(args, data), report_to=None if args.report_to == "none" else args.report_to,
+                   overwrite=args.overwrite_output_dir)
+    if result.main_process:  # one report per run, not one per process
+        print(json.dumps({"step": result.step, "final_loss": result.final_loss, "weights": str(result.final)}))
     return 0
 
 
@@ -369,10 +374,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; bad input (``UserError`` and other ``ValueError``, filesystem errors) prints one line and
+    returns 2, Ctrl-C prints one line (with the resume command for training) and returns 130. Other
+    exceptions are bugs and keep their traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    notices_to_stderr(f"thinkpix {args.command}")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError, NotImplementedError) as err:
+    except KeyboardInterrupt as err:
+        from .train.interrupt import interrupt_message
+
+        print(f"thinkpix {args.command}: {interrupt_message(err, argv)}", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, NotImplementedError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"thinkpix {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ METHODS = ("rsr", "sft", "full")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 LAYER_CHOICES = ("middle", "three")
 LR_SCHEDULERS = ("constant", "linear", "cosine")
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch here
 
 
 @dataclass
@@ -104,6 +105,9 @@ class TrainConfig:
                 _fail(name, value, "a finite number > 0")
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
             _fail("adam_beta1/adam_beta2", (self.adam_beta1, self.adam_beta2), "numbers in [0, 1)")
+        if self.learning_rate / (1 - self.adam_beta1) > FLOAT32_MAX:  # AdamW's first step size overflows to inf
+            _fail("learning_rate", self.learning_rate, f"numbers whose first AdamW step, learning_rate / "
+                  f"(1 - adam_beta1), fits in float32 (below {FLOAT32_MAX * (1 - self.adam_beta1):.3g})")
         if self.weight_decay < 0:
             _fail("weight_decay", self.weight_decay, "a number >= 0")
         if not 0 <= self.condition_dropout < 1:
