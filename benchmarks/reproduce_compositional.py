@@ -29,13 +29,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.compositional_plan import print_plan
 from benchmarks.finetune_pilot import BATCH_SIZE, TRAIN_IMAGES, score_images
-from benchmarks.reproduction_claims import Claim, check
+from benchmarks.reproduction_claims import Claim
 from benchmarks.shapes_rows import (
     Budget,
     Row,
@@ -43,13 +44,14 @@ from benchmarks.shapes_rows import (
     finetuned,
     fingerprint,
     fmt_ci,
+    scored_verdicts,
     seed_everything,
     traced_sampling,
-    verdict_bits,
 )
-from thinkpix.eval.geneval import generate_geneval, score_geneval_folder
+from benchmarks.stats import compare_verdicts, holm
+from thinkpix.eval.geneval import generate_protocol
 from thinkpix.shapes.dataset import make_dataset
-from thinkpix.shapes.prompts import evaluation_metadata
+from thinkpix.shapes.protocol import get_protocol
 from thinkpix.train import preset
 
 BASE = "shapes-t2i"
@@ -60,43 +62,45 @@ RECOMMENDED_PRESET: str | None = None
 """SWITCH (#19, "Routing that learns"): the name of the recommended routing preset (e.g. ``"shapes-routed"``)
 once it is on main. Until then the rows with the recommended gate are not ready and ``--ready-only`` skips them."""
 
-PROTOCOL = "v1x4"
-"""SWITCH (#18): ``"v2"`` once ``thinkpix.shapes.protocol`` (Shapes-GenEval v2) is on main, with the two functions
-below calling it (their docstrings say how). Until then: the v1 held-out prompts with GenEval's 4 samples each
-(344 images a row and seed, unbalanced across tags) and per-batch noise, the same for every row."""
-V1_SAMPLES = 4
+PROTOCOL = "v2"
+"""The held-out protocol (#18's Shapes-GenEval v2, :mod:`thinkpix.shapes.protocol`: balanced tags, noise per image
+from (seed, prompt, sample index), the same for every row and training seed)."""
 
 
-def protocol_images() -> list[tuple[int, int, str]]:
-    """(prompt_index, sample_index, tag) of every held-out image, in folder order. With v2: ``[(j.prompt_index,
-    j.sample_index, j.metadata["tag"]) for j in get_protocol("v2").jobs(EVAL_SEED)]``."""
-    return [(i, n, meta["tag"]) for i, meta in enumerate(evaluation_metadata()) for n in range(V1_SAMPLES)]
+def held_out_images() -> int:
+    return len(get_protocol(PROTOCOL).jobs(EVAL_SEED))
 
 
 def sample_held_out(target, out: Path, steps: int) -> Path:
-    """Sample every held-out image into a GenEval folder. With v2: ``generate_protocol(target, "v2", out,
-    seed=EVAL_SEED, steps=steps, progress=False)``."""
-    return generate_geneval(target, evaluation_metadata(), out, samples=V1_SAMPLES, seed=EVAL_SEED, steps=steps,
-                            progress=False)
+    """Sample every held-out image of :data:`PROTOCOL` into a GenEval folder."""
+    return generate_protocol(target, PROTOCOL, out, seed=EVAL_SEED, steps=steps, progress=False)
 
 
-def compare(claim: Claim, rows: dict[str, list[dict]]) -> tuple[str, str]:
-    """SWITCH (#18, paired statistics): (verdict, difference) of a claim. With ``benchmarks.stats`` on main:
-    ``compare_verdicts`` on ``{seed: verdicts(result)}`` of both rows (per-image pairs, MDE) and Holm over
-    :data:`CLAIMS`. Until then: the per-seed paired difference with Student's t (``reproduction_claims``)."""
-    return check(claim, {"t2i": rows}, 100.0)
+def compare(claims: list[Claim], rows: dict[str, list[dict]]) -> list[tuple[str, str, str, str]]:
+    """Per claim: (paired difference with its 95% interval, MDE at 80% power, uncorrected verdict, Holm-corrected
+    verdict), from ``benchmarks.stats.compare_verdicts`` on the per-image verdicts of the seeds both rows have."""
+    found = []
+    for claim in claims:
+        better, worse = rows.get(claim.better, []), rows.get(claim.worse, [])
+        seeds = sorted({r["seed"] for r in better} & {r["seed"] for r in worse})
+        by_seed = [{r["seed"]: r["geneval"]["verdicts"] for r in rs if r["seed"] in seeds} for rs in (better, worse)]
+        found.append(compare_verdicts(*by_seed) if seeds else None)
+    rejected = holm([c.p_value if c else math.nan for c in found])
+    lines = []
+    for comparison, holm_rejects in zip(found, rejected):
+        if comparison is None:
+            lines.append(("-", "-", "not run", "not run"))
+            continue
+        mean, half = 100 * comparison.mean, 100 * comparison.half_width
+        verdict = "supported" if mean - half > 0 else "contradicted" if mean + half < 0 else "not resolved"
+        lines.append((f"{mean:+.2f} ± {half:.2f}", f"{100 * comparison.mde:.2f}", verdict,
+                      verdict if holm_rejects else "not resolved"))
+    return lines
 # ----------------------------------------------------------------------------------------------------------
 
 
-def verdicts(result: dict) -> list[dict]:
-    """A cached row's held-out verdicts as ``{"prompt_index", "sample_index", "tag", "correct"}`` dicts."""
-    bits = result["geneval"]["correct"]
-    return [{"prompt_index": i, "sample_index": n, "tag": tag, "correct": bit == "1"}
-            for (i, n, tag), bit in zip(protocol_images(), bits, strict=True)]
-
-
 DECISIVE = Budget(train_images=TRAIN_IMAGES, finetune_steps=1000, batch_size=BATCH_SIZE, geneval_prompts=None,
-                  samples=V1_SAMPLES, sample_steps=20)
+                  samples=4, sample_steps=20)
 """1000 steps of batch 32 on 1000 images (32 epochs): the pilot's rung at which SFT gains on training prompts
 (``docs/results/finetune_task.md``)."""
 
@@ -203,13 +207,11 @@ def run_row(plan: Plan, seed: int, budget: Budget, work: Path, data: Path) -> di
     cost = cached(out / "train" / "cost.json", lambda: trained)  # a re-scored adapter keeps its training's cost
     folder = out / f"geneval-{PROTOCOL}"
     seconds, latent_steps = traced_sampling(target, lambda: sample_held_out(target, folder, budget.sample_steps))
-    scores, results = score_geneval_folder(folder)
-    held_out = {"scores": scores, "images": len(results), "sample_seconds": seconds, "latent_steps": latent_steps,
-                "correct": verdict_bits(results)}
+    held_out = {**scored_verdicts(folder), "sample_seconds": seconds, "latent_steps": latent_steps}
     started = time.perf_counter()
     train_prompts = score_images(target, out / "train-prompts")
     train_prompts["sample_seconds"] = time.perf_counter() - started
-    return {**cost, "protocol": PROTOCOL, "gate": plan.gate, "preset": row.preset, "geneval": held_out,
+    return {**cost, "seed": seed, "protocol": PROTOCOL, "gate": plan.gate, "preset": row.preset, "geneval": held_out,
             "train_prompts": train_prompts}
 
 
@@ -217,7 +219,7 @@ def report(results: dict[str, list[dict]], out: Path, command: str) -> None:
     cols = ["overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"]
     lines = ["# The decisive reproduction on the compositional fine-tuning task (in progress)", "",
              f"Produced by `{command}` from the finished rows (budget {DECISIVE}; held-out protocol `{PROTOCOL}`, "
-             f"{len(protocol_images())} images a row and seed; training prompts as in `finetune_pilot.md`). Mean "
+             f"{held_out_images()} images a row and seed; training prompts as in `finetune_pilot.md`). Mean "
              "over training seeds with the half-width of its 95% interval (Student's t), percent.", "",
              "| row | gate | held-out " + " | ".join(cols) + " | training prompts overall | train s | sample s "
              "| seeds |", "| --- | --- |" + " ---: |" * (len(cols) + 4)]
@@ -230,8 +232,9 @@ def report(results: dict[str, list[dict]], out: Path, command: str) -> None:
         lines.append(f"| {plan.row.name} | {plan.gate or '-'} | " + " | ".join(cells)
                      + f" | {fmt_ci([r['train_prompts']['scores']['overall'] for r in rows])} | "
                      f"{sum(r['train_seconds'] for r in rows) / len(rows):.0f} | {sample:.0f} | {len(rows)} |")
-    lines += ["", "| claim | difference (held-out overall, points) | verdict |", "| --- | ---: | --- |"]
-    lines += [f"| {c.text} | {d} | {v} |" for c in CLAIMS for v, d in [compare(c, results)]]
+    lines += ["", "| claim | difference (held-out overall, points) | MDE | verdict | Holm |",
+              "| --- | ---: | ---: | --- | --- |"]
+    lines += [f"| {c.text} | " + " | ".join(cells) + " |" for c, cells in zip(CLAIMS, compare(CLAIMS, results))]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
 
@@ -257,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     work, rows_dir = Path(args.work), Path(args.rows_dir)
     if args.plan:
-        images = args.plan_held_out_images or len(protocol_images())
+        images = args.plan_held_out_images or held_out_images()
         name = PROTOCOL if args.plan_held_out_images is None else f"{images} images"
         return print_plan(DESIGN, DECISIVE, name, images, work, rows_dir)
     index, count = (int(x) for x in args.shard.split("/"))

@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from thinkpix.eval.geneval import generate_geneval, score_geneval_folder
+from thinkpix.eval.geneval import generate_geneval, score_geneval_images
 from thinkpix.models import routing_trace, rsr_parameters
 from thinkpix.models.hosts import rsr_install
 from thinkpix.pipelines import SHIPPED
+from thinkpix.shapes.score import GenEvalResult, summarize
 from thinkpix.train import TrainTarget, load_image_folder, load_pipeline, preset, train
 from thinkpix.train.state import list_checkpoints
 
@@ -149,18 +150,21 @@ def traced_sampling(target: TrainTarget, sample: Callable[[], object]) -> tuple[
 
 def geneval_row(target: TrainTarget, records: list[dict], out: Path, budget: Budget, seed: int,
                 steps: int | None = None) -> dict:
-    """Sample the records into a GenEval folder, score it; with the sampling time, the latent steps used and
-    the per-image verdicts (``correct``: one 0/1 character per image, in folder order)."""
+    """Sample the records into a GenEval folder, score it; with the sampling time, the latent steps used and the
+    per-image verdicts."""
     steps = steps or budget.sample_steps
     seconds, latent_steps = traced_sampling(target, lambda: generate_geneval(
         target, records, out, samples=budget.samples, seed=seed, steps=steps, progress=False))
-    scores, results = score_geneval_folder(out)
-    return {"scores": scores, "images": len(results), "sample_seconds": seconds, "sample_steps": steps,
-            "latent_steps": latent_steps, "correct": verdict_bits(results)}
+    return {**scored_verdicts(out), "sample_seconds": seconds, "sample_steps": steps, "latent_steps": latent_steps}
 
 
-def verdict_bits(results: list) -> str:
-    return "".join("1" if r.correct else "0" for r in results)
+def scored_verdicts(folder: Path) -> dict:
+    """Scores and per-image verdicts of a GenEval folder, so that two rows of one seed can be compared image by
+    image (benchmarks.stats)."""
+    verdicts = score_geneval_images(folder)
+    scores = summarize(GenEvalResult(v["tag"], v["prompt"], v["correct"], v["reason"]) for v in verdicts)
+    keep = ("prompt_index", "sample_index", "tag", "correct")
+    return {"scores": scores, "images": len(verdicts), "verdicts": [{k: v[k] for k in keep} for v in verdicts]}
 
 
 def spread(records: list, n: int | None) -> list:

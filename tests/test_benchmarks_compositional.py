@@ -126,7 +126,7 @@ def test_config_key_follows_the_resolved_preset(monkeypatch):
 def test_the_driver_runs_caches_and_resumes_rows_on_a_tiny_base(tmp_path, monkeypatch):
     _tiny_base(tmp_path)
     monkeypatch.setattr(reproduce_compositional, "BASE", str(tmp_path / "base"))
-    monkeypatch.setattr(reproduce_compositional, "V1_SAMPLES", 1)
+    monkeypatch.setattr(reproduce_compositional, "PROTOCOL", "v1")  # 172 images; v2 (1120) below
     monkeypatch.setattr(reproduce_compositional, "DECISIVE", Budget(train_images=16, finetune_steps=2, batch_size=4,
                                                                     samples=1, sample_steps=2))
     _small_pilot_images(monkeypatch)
@@ -140,8 +140,8 @@ def test_the_driver_runs_caches_and_resumes_rows_on_a_tiny_base(tmp_path, monkey
     assert [p.stat().st_mtime_ns for p in cached_rows] == stamps
     result = json.loads(next(p for p in cached_rows if "sft-middle" in str(p)).read_text())
     assert result["train_steps"] == 2 and result["protocol"] == reproduce_compositional.PROTOCOL
-    found = reproduce_compositional.verdicts(result)
-    assert len(found) == 86 and {v["tag"] for v in found} == set(finetune_pilot.IMAGES_PER_TAG)
+    found = result["geneval"]["verdicts"]
+    assert len(found) == 172 and {v["tag"] for v in found} == set(finetune_pilot.IMAGES_PER_TAG)
     assert np.mean([v["correct"] for v in found if v["tag"] == "colors"]) == result["geneval"]["scores"]["colors"]
     assert len(result["train_prompts"]["correct"]) == 12
     report = (tmp_path / "report.md").read_text()
@@ -149,13 +149,13 @@ def test_the_driver_runs_caches_and_resumes_rows_on_a_tiny_base(tmp_path, monkey
     # another protocol: new result files, the trained adapters are re-scored, not trained again
     state = next((tmp_path / "work").rglob("sft-middle-*/seed0/train/checkpoints/checkpoint-2/state.json"))
     trained_at = state.stat().st_mtime_ns
-    monkeypatch.setattr(reproduce_compositional, "PROTOCOL", "v1x4-other")
+    monkeypatch.setattr(reproduce_compositional, "PROTOCOL", "v2")
     assert reproduce_compositional.main(args) == 0
     assert state.stat().st_mtime_ns == trained_at
-    rescored = [p for p in (tmp_path / "rows").rglob("seed0.json") if "v1x4-other" in str(p)]
+    rescored = [p for p in (tmp_path / "rows").rglob("seed0.json") if "v2" in str(p)]
     assert len(rescored) == 2
     again = json.loads(next(p for p in rescored if "sft-middle" in str(p)).read_text())
-    assert again["train_seconds"] == result["train_seconds"] and again["protocol"] == "v1x4-other"
+    assert again["train_seconds"] == result["train_seconds"] and again["protocol"] == "v2"
 
 
 def test_the_pilot_climbs_its_ladder_once_and_reports_every_cached_rung(tmp_path, monkeypatch):
@@ -200,3 +200,26 @@ def test_the_plan_measures_each_kind_of_row_once_and_sums_hours(tmp_path, monkey
     assert f"| RSR | recommended | 5 | {rsr_cost['seconds_per_step']:.2f} |" in table
     assert f"{per_seed * 5 / 3600:.2f}" in table
     assert "| base |" in capsys.readouterr().out
+
+
+def test_claims_use_paired_per_image_verdicts_with_mde_and_holm():
+    from benchmarks.reproduction_claims import Claim
+
+    rng = np.random.default_rng(0)
+
+    def row(shift: float) -> list[dict]:
+        out = []
+        for seed in range(3):
+            draw = np.random.default_rng(seed)  # the same images (noise) for both rows of a seed
+            verdicts = [{"prompt_index": p, "sample_index": n, "tag": tag,
+                         "correct": bool(draw.random() < 0.3 + shift + 0.01 * rng.random())}
+                        for p, tag in enumerate(COMPOSITIONAL_TAGS * 10) for n in range(8)]
+            out.append({"seed": seed, "geneval": {"verdicts": verdicts}})
+        return out
+
+    rows = {"a": row(0.4), "b": row(0.0)}
+    claims = [Claim("a beats b", "t2i", "a", "b"), Claim("b beats a", "t2i", "b", "a"),
+              Claim("missing", "t2i", "a", "c")]
+    (diff, mde, verdict, corrected), reverse, missing = reproduce_compositional.compare(claims, rows)
+    assert verdict == corrected == "supported" and float(diff.split()[0]) > 20 and float(mde) > 0
+    assert reverse[2] == "contradicted" and missing == ("-", "-", "not run", "not run")

@@ -175,11 +175,16 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _generate_geneval(args: argparse.Namespace) -> int:
-    from .eval.geneval import generate_geneval
+    from .eval.geneval import generate_geneval, generate_protocol
     from .sampling import load_target
     from .shapes.metadata import read_metadata_jsonl
     from .shapes.prompts import evaluation_metadata, training_metadata
 
+    if args.protocol:
+        target = load_target(args.model, args.rsr, args.guidance_interval)
+        print(generate_protocol(target, args.protocol, args.out, seed=args.seed, steps=args.num_inference_steps,
+                                guidance_scale=args.guidance_scale))
+        return 0
     if args.metadata:
         records = read_metadata_jsonl(args.metadata)
     else:
@@ -312,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("eval", "train"), default="eval")
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     p.add_argument("--samples", type=int, default=4, help="images per prompt (GenEval: 4)")
+    from .shapes.protocol import PROTOCOLS
+
+    p.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None,
+                   help="a named Shapes-GenEval protocol (v2: balanced, per-image noise; v1: the original 2 a "
+                        "prompt); sets the prompts and samples, so --metadata/--split/--limit/--samples are unused")
     p.set_defaults(func=_generate_geneval)
     p = gen.add_parser("dpg", help="Shapes-DPG layout: <out>/<index>/item.json (+ questions) + samples/<n>.png")
     _add_sampling_options(p)
