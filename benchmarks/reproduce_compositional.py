@@ -266,9 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     index, count = (int(x) for x in args.shard.split("/"))
     todo = jobs(DESIGN, args.seeds, args.rows, args.ready_only)
     data = make_dataset(work / "data", n=DECISIVE.train_images, seed=0, recipe="compositional")
-    for number, (plan, seed) in enumerate(todo):
-        path = row_path(rows_dir, plan, seed, DECISIVE)
-        if args.report_only or number % count != index or path.is_file():
+    for number, (plan, seed) in enumerate([] if args.report_only else todo):
+        if number % count != index or (path := row_path(rows_dir, plan, seed, DECISIVE)).is_file():
             continue
         cached(path, lambda p=plan, s=seed: run_row(p, s, DECISIVE, work, data))
         print(f"[compositional] {plan.row.name} seed {seed}: done", flush=True)
