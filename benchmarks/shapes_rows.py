@@ -27,6 +27,7 @@ from thinkpix.models.hosts import rsr_install
 from thinkpix.pipelines import SHIPPED
 from thinkpix.shapes.score import GenEvalResult, summarize
 from thinkpix.train import TrainTarget, load_image_folder, load_pipeline, preset, train
+from thinkpix.train.state import list_checkpoints
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,12 @@ def cached(path: Path, compute: Callable[[], dict]) -> dict:
 
 
 def finetuned(base: str, data_dir: Path, row: Row, seed: int, steps: int, batch_size: int,
-              out: Path, report_to: str | None = None) -> tuple[TrainTarget, dict]:
+              out: Path, resume: bool = False, report_to: str | None = None) -> tuple[TrainTarget, dict]:
     """The base with the row's method fine-tuned in (in memory) and the cost of doing so; with
-    ``report_to="tensorboard"`` the training log is written under ``out``."""
+    ``report_to="tensorboard"`` the training log is written under ``out``. With ``resume``,
+    training continues from the last checkpoint in ``out`` at or below ``steps`` (the rate is constant and
+    the data order a function of the step, so a run stopped at step k and resumed equals one run: a budget
+    ladder trains once); ``train_seconds`` then counts the steps run in this call."""
     target = TrainTarget(load_pipeline(base))
     cost = {"train_seconds": 0.0, "train_steps": 0, "trainable_params": 0}
     if row.method == "base":
@@ -114,8 +118,11 @@ def finetuned(base: str, data_dir: Path, row: Row, seed: int, steps: int, batch_
         return target, cost
     cfg = preset(row.preset, method=row.method, max_steps=steps, batch_size=batch_size, seed=seed,
                  validation_steps=0, checkpointing_steps=steps, checkpoints_total_limit=1, **row.fields)
+    earlier = [path for step, path in list_checkpoints(out / "checkpoints") if step <= steps] if resume else []
     started = time.perf_counter()
-    train(target, load_image_folder(data_dir), cfg, out, report_to=report_to, progress=False, overwrite=True)
+    # a resumed run continues its checkpoint; any other run starts over in its folder
+    train(target, load_image_folder(data_dir), cfg, out, resume=str(earlier[-1]) if earlier else None,
+          report_to=report_to, progress=False, overwrite=not earlier)
     cost.update(train_seconds=time.perf_counter() - started, train_steps=steps,
                 trainable_params=sum(p.numel() for p in rsr_parameters(target.transformer)))
     target.transformer.eval()
@@ -131,26 +138,34 @@ def sampling_macs(target: TrainTarget, conditions: list, steps: int, guidance_sc
     return counter.get_total_flops() / 2 / len(conditions)
 
 
+def traced_sampling(target: TrainTarget, sample: Callable[[], object]) -> tuple[float, float | None]:
+    """Run ``sample()``: its seconds and the mean latent steps the RSR layers used (None without RSR)."""
+    started = time.perf_counter()
+    if rsr_install(target.transformer) is None:
+        sample()
+        return time.perf_counter() - started, None
+    with routing_trace(target.transformer) as trace:
+        sample()
+    return time.perf_counter() - started, trace.mean_steps_used()
+
+
 def geneval_row(target: TrainTarget, records: list[dict], out: Path, budget: Budget, seed: int,
                 steps: int | None = None) -> dict:
     """Sample the records into a GenEval folder, score it; with the sampling time, the latent steps used and the
     per-image verdicts."""
     steps = steps or budget.sample_steps
-    started = time.perf_counter()
-    if rsr_install(target.transformer) is not None:
-        with routing_trace(target.transformer) as trace:
-            generate_geneval(target, records, out, samples=budget.samples, seed=seed, steps=steps, progress=False)
-        latent_steps = trace.mean_steps_used()
-    else:
-        generate_geneval(target, records, out, samples=budget.samples, seed=seed, steps=steps, progress=False)
-        latent_steps = None
-    seconds = time.perf_counter() - started
-    verdicts = score_geneval_images(out)
+    seconds, latent_steps = traced_sampling(target, lambda: generate_geneval(
+        target, records, out, samples=budget.samples, seed=seed, steps=steps, progress=False))
+    return {**scored_verdicts(out), "sample_seconds": seconds, "sample_steps": steps, "latent_steps": latent_steps}
+
+
+def scored_verdicts(folder: Path) -> dict:
+    """Scores and per-image verdicts of a GenEval folder, so that two rows of one seed can be compared image by
+    image (benchmarks.stats)."""
+    verdicts = score_geneval_images(folder)
     scores = summarize(GenEvalResult(v["tag"], v["prompt"], v["correct"], v["reason"]) for v in verdicts)
-    # per-image verdicts, so that two rows of one seed can be compared image by image (benchmarks.stats)
     keep = ("prompt_index", "sample_index", "tag", "correct")
-    return {"scores": scores, "images": len(verdicts), "sample_seconds": seconds, "sample_steps": steps,
-            "latent_steps": latent_steps, "verdicts": [{k: v[k] for k in keep} for v in verdicts]}
+    return {"scores": scores, "images": len(verdicts), "verdicts": [{k: v[k] for k in keep} for v in verdicts]}
 
 
 def spread(records: list, n: int | None) -> list:

@@ -13,12 +13,14 @@ from thinkpix.argtypes import positive_int
 from thinkpix.shapes.dataset import SPLITS, VARIANTS, make_dataset
 from thinkpix.shapes.metadata import write_metadata_jsonl
 from thinkpix.shapes.prompts import evaluation_metadata, training_metadata
+from thinkpix.shapes.recipes import RECIPES
 from thinkpix.shapes.scene import DEFAULT_IMAGE_SIZE
 
 
 def _make_dataset(args: argparse.Namespace) -> int:
-    out = make_dataset(args.out, args.n, args.seed, args.image_size, args.variant, args.split)
-    print(f"wrote {args.n} {args.variant} images ({args.split} split) to {out}")
+    out = make_dataset(args.out, args.n, args.seed, args.image_size, args.variant, args.split, args.recipe)
+    recipe = f", {args.recipe} recipe" if args.recipe != "pretrain" else ""
+    print(f"wrote {args.n} {args.variant} images ({args.split} split{recipe}) to {out}")
     return 0
 
 
@@ -61,6 +63,14 @@ def add_shapes_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "--variant", choices=VARIANTS, default="caption", help="caption or class layout (default caption)"
     )
     make.add_argument("--split", choices=SPLITS, default="train", help="train or held-out eval split (default train)")
+    make.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        default="pretrain",
+        help="which training prompts and scenes (captioned train split only): "
+        + "; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values())
+        + " (default pretrain)",
+    )
     make.set_defaults(func=_make_dataset)
 
     prompts = commands.add_parser(

@@ -3,7 +3,9 @@
 * ``variant="caption"``: ``<out>/00000.png ...`` plus ``<out>/metadata.jsonl`` with lines
   ``{"file_name": "00000.png", "text": "a photo of ..."}``, the layout the Hugging Face
   ``imagefolder`` loader reads. ``split="train"`` draws from
-  :func:`~thinkpix.shapes.prompts.training_samples`; ``split="eval"`` cycles through the held-out
+  :func:`~thinkpix.shapes.prompts.training_samples` (``recipe="pretrain"``) or from another named recipe
+  of :mod:`~thinkpix.shapes.recipes` (``recipe="compositional"``: the fine-tuning task of the decisive
+  reproduction); ``split="eval"`` cycles through the held-out
   :func:`~thinkpix.shapes.prompts.evaluation_metadata` prompts.
 * ``variant="class"``: single-object images in ``<out>/<colour>_<shape>/00000.png``, one class per
   (colour, shape) pair, the ``torchvision.datasets.ImageFolder`` layout. ``split="train"`` uses the
@@ -24,8 +26,8 @@ from thinkpix.shapes.prompts import (
     HELDOUT_COLOR_SHAPES,
     evaluation_metadata,
     scene_for_metadata,
-    training_samples,
 )
+from thinkpix.shapes.recipes import RECIPES, recipe_samples
 from thinkpix.shapes.render import render_scene
 from thinkpix.shapes.scene import (
     COLORS,
@@ -61,11 +63,16 @@ def make_dataset(
     image_size: int = DEFAULT_IMAGE_SIZE,
     variant: str = "caption",
     split: str = "train",
+    recipe: str = "pretrain",
 ) -> Path:
-    """Write ``n`` images of ``variant`` and ``split`` to ``out_dir`` (see the module docstring);
-    deterministic in ``seed``. Returns ``out_dir``."""
+    """Write ``n`` images of ``variant``, ``split`` and (captioned training sets only) ``recipe`` to
+    ``out_dir`` (see the module docstring); deterministic in ``seed``. Returns ``out_dir``."""
     check_choice("variant", variant, VARIANTS)
     check_choice("split", split, SPLITS)
+    check_choice("recipe", recipe, tuple(RECIPES))
+    if recipe != "pretrain" and (variant, split) != ("caption", "train"):
+        raise ValueError(f"recipe={recipe!r} draws captioned training sets only: use variant='caption', "
+                         f"split='train' (got variant={variant!r}, split={split!r})")
     check_image_size(image_size)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r} must be a positive int")
@@ -81,7 +88,7 @@ def make_dataset(
             _save(render_scene(scene), out / f"{color}_{shape}" / f"{index:05d}.png")
         return out
     if split == "train":
-        pairs = ((s.scene, s.prompt) for s in training_samples(seed, n, image_size))
+        pairs = ((s.scene, s.prompt) for s in recipe_samples(recipe, seed, n, image_size))
     else:
         rng = np.random.default_rng(seed)
         prompts = evaluation_metadata()
@@ -97,7 +104,7 @@ def make_dataset(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m thinkpix.shapes.dataset OUT --n N --seed S [--image-size 32] [--variant caption]``"""
+    """``python -m thinkpix.shapes.dataset OUT --n N --seed S [--image-size 32] [--variant caption] [--recipe R]``"""
     parser = argparse.ArgumentParser(description="Export a Shapes-world image dataset.")
     parser.add_argument("out_dir")
     parser.add_argument("--n", type=int, required=True)
@@ -105,8 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
     parser.add_argument("--variant", choices=VARIANTS, default="caption")
     parser.add_argument("--split", choices=SPLITS, default="train")
+    parser.add_argument("--recipe", choices=tuple(RECIPES), default="pretrain")
     args = parser.parse_args(argv)
-    out = make_dataset(args.out_dir, args.n, args.seed, args.image_size, args.variant, args.split)
+    out = make_dataset(args.out_dir, args.n, args.seed, args.image_size, args.variant, args.split, args.recipe)
     print(f"wrote {args.n} {args.variant} images to {out}")
     return 0
 

@@ -1,0 +1,216 @@
+"""Pilot for the decisive reproduction's fine-tuning budget, on TRAINING prompts only (never held-out ones).
+
+SFT (LoRA on the middle layer, the weakest adapter of the table) is fine-tuned on the ``compositional``
+recipe (``thinkpix shapes make-dataset --recipe compositional``: the training bindings of two_object,
+counting, position and color_attr; no image shows a held-out binding) along a ladder of step budgets: one
+run per seed, checkpointed at each rung and resumed, which at a constant rate equals separate runs. At each
+rung it samples a fixed set of training prompts (the four compositional tags, plus single_object and colors
+to see what the fine-tuning costs elsewhere) with the base's exact sampling noise, so SFT and the base are
+compared image by image. Each (seed, rung) is one cached JSON, so an interrupted pilot resumes::
+
+    nohup nice -n 10 python -m benchmarks.finetune_pilot > pilot.log 2>&1 &
+
+Writes ``docs/results/finetune_pilot.md`` (and ``.json``); ``docs/results/finetune_task.md`` reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.shapes_rows import Row, cached, describe_base, finetuned, fingerprint, seed_everything, spread
+from thinkpix.eval.geneval import generate_geneval, score_geneval_folder
+from thinkpix.shapes.dataset import make_dataset
+from thinkpix.shapes.prompts import HELDOUT_BINDINGS, training_metadata
+from thinkpix.shapes.recipes import COMPOSITIONAL_TAGS, depicted_bindings, recipe_samples
+
+BASE = "shapes-t2i"
+ROW = Row("SFT (middle)", "sft", {"layers": "middle"})
+ARMS = {"lr1e-3": ROW, "lr3e-3": Row("SFT (middle), lr 3e-3", "sft", {"layers": "middle", "learning_rate": 3e-3})}
+"""Pilot arms by name: the preset's rate (1e-3) and a higher one, for when the first does not move the model."""
+LADDER = (250, 1000)
+TRAIN_IMAGES = 1000  # the paper fine-tunes on 1000 MSCOCO images
+BATCH_SIZE = 32
+IMAGES_PER_TAG = {"two_object": 48, "counting": 48, "position": 48, "color_attr": 48, "single_object": 24,
+                  "colors": 24}
+SAMPLE_SEED = 4242  # sampling noise of every pilot image (a selection seed no held-out number uses)
+SAMPLE_STEPS = 20
+
+
+def design_key() -> str:
+    """Short hash of everything a cached pilot result depends on besides the base (which has its own)."""
+    design = [ROW.name, ROW.method, ROW.fields, ROW.preset, TRAIN_IMAGES, BATCH_SIZE, IMAGES_PER_TAG, SAMPLE_SEED,
+              SAMPLE_STEPS]
+    return hashlib.sha256(json.dumps(design, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def pilot_records() -> list[dict]:
+    """``IMAGES_PER_TAG`` records per tag, cycling through the tag's training prompts evenly spread (a tag
+    with few prompts repeats them, each repeat with its own noise)."""
+    records = []
+    for tag, count in IMAGES_PER_TAG.items():
+        prompts = [meta for meta in training_metadata() if meta["tag"] == tag]
+        chosen = spread(prompts, count)
+        records += [chosen[i % len(chosen)] for i in range(count)] if len(chosen) < count else chosen
+    return records
+
+
+def score_images(target, out: Path) -> dict:
+    """Per-image verdicts (in record order) and per-tag scores of ``target`` on the pilot records."""
+    records = pilot_records()
+    folder = generate_geneval(target, records, out, samples=1, seed=SAMPLE_SEED, steps=SAMPLE_STEPS, progress=False)
+    scores, results = score_geneval_folder(folder)
+    return {"scores": scores, "correct": [bool(r.correct) for r in results], "tags": [r.tag for r in results],
+            "prompts": [r.prompt for r in results]}
+
+
+def unstated_held_out(recipe: str, n: int = TRAIN_IMAGES) -> dict[str, int]:
+    """Per tag, how many of the first ``n`` images of ``recipe`` (seed 0) show a held-out binding."""
+    found: dict[str, int] = {}
+    for sample in recipe_samples(recipe, seed=0, n=n):
+        if depicted_bindings(sample.scene.objects) & HELDOUT_BINDINGS:
+            found[sample.metadata["tag"]] = found.get(sample.metadata["tag"], 0) + 1
+    return found
+
+
+def leak_sentence(leaks: dict[str, dict[str, int]]) -> str:
+    counts = "; ".join(f"`{recipe}` {sum(tags.values())}" + (" (" + ", ".join(f"{t} {k}" for t, k in tags.items()) + ")"
+                                                             if tags else "") for recipe, tags in leaks.items())
+    return (f"Held-out bindings shown but not stated, in the first {TRAIN_IMAGES} images of each recipe (seed 0; "
+            f"`thinkpix.shapes.recipes.depicted_bindings`): {counts}.")
+
+
+def compositional_overall(correct: np.ndarray, tags: list[str]) -> float:
+    """The unweighted mean of the four compositional tags' scores."""
+    tags = np.asarray(tags)
+    return float(np.mean([correct[tags == tag].mean() for tag in COMPOSITIONAL_TAGS]))
+
+
+def paired_interval(diff: np.ndarray, tags: list[str], prompts: list[str], reps: int = 4000,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """Mean paired difference of the compositional overall and its 95% percentile interval from a bootstrap
+    over prompts within each tag (repeats of a prompt move together). Training-seed noise is not in it:
+    the per-seed rows show that part."""
+    rng = np.random.default_rng(seed)
+    tags, prompts = np.asarray(tags), np.asarray(prompts)
+    clusters = {tag: [np.flatnonzero((tags == tag) & (prompts == p)) for p in dict.fromkeys(prompts[tags == tag])]
+                for tag in COMPOSITIONAL_TAGS}
+    draws = np.empty(reps)
+    for k in range(reps):
+        per_tag = []
+        for groups in clusters.values():
+            picked = rng.integers(len(groups), size=len(groups))
+            per_tag.append(np.concatenate([groups[i] for i in picked]))
+        draws[k] = np.mean([diff[index].mean() for index in per_tag])
+    point = float(np.mean([diff[tags == tag].mean() for tag in COMPOSITIONAL_TAGS]))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return point, float(low), float(high)
+
+
+def run(work: Path, rows_dir: Path, arms: list[str], seeds: list[int], ladder: list[int]) -> dict:
+    """The base's verdicts, then every (arm, rung, seed) not cached yet, rung by rung (an interrupted pilot has
+    every seed at the lower rungs). Returns the base's result."""
+    data = make_dataset(work / "data", n=TRAIN_IMAGES, seed=0, recipe="compositional")
+    base = cached(rows_dir / "base.json", lambda: score_images(finetuned(BASE, data, Row("base", "base"), 0, 0,
+                                                                         BATCH_SIZE, work / "base")[0],
+                                                               work / "base" / "geneval"))
+    for arm in (ARMS[name] for name in arms):
+        for steps in ladder:
+            for seed in seeds:
+                def compute(arm=arm, seed=seed, steps=steps) -> dict:
+                    seed_everything(seed)
+                    out = work / arm.slug / f"seed{seed}"
+                    target, cost = finetuned(BASE, data, arm, seed, steps, BATCH_SIZE, out / "train", resume=True)
+                    return {**cost, **score_images(target, out / f"geneval-step{steps}")}
+
+                result = cached(rows_dir / arm.slug / f"seed{seed}-step{steps}.json", compute)
+                print(f"[pilot] {arm.name} seed {seed} step {steps}: {result['scores']}", flush=True)
+    return base
+
+
+def finished(rows_dir: Path) -> dict[tuple[str, int], dict[int, dict]]:
+    """Every cached (arm, rung) with its results by seed."""
+    found: dict[tuple[str, int], dict[int, dict]] = {}
+    for arm in ARMS.values():
+        for path in sorted((rows_dir / arm.slug).glob("seed*-step*.json")):
+            seed, steps = (int(x) for x in re.fullmatch(r"seed(\d+)-step(\d+)", path.stem).groups())
+            found.setdefault((arm.name, steps), {})[seed] = json.loads(path.read_text())
+    return dict(sorted(found.items(), key=lambda item: (item[0][0] != ROW.name, item[0])))
+
+
+def rung_line(name: str, steps: int, results: list[dict], base: dict, cols: list[str]) -> tuple[str, dict]:
+    """One table line (and its summary) for the results of an arm's rung, seed-averaged, paired to the base."""
+    tags, base_correct = base["tags"], np.asarray(base["correct"], dtype=float)
+    correct = np.mean([np.asarray(r["correct"], dtype=float) for r in results], axis=0)
+    point, low, high = paired_interval(correct - base_correct, tags, base["prompts"])
+    per_seed = [100 * (compositional_overall(np.asarray(r["correct"], float), tags)
+                       - compositional_overall(base_correct, tags)) for r in results]
+    train = sum(r["train_seconds"] for r in results) / len(results)
+    scores = {c: float(np.mean([r["scores"][c] for r in results])) for c in cols}
+    line = (f"| {name} | {steps} | {steps * BATCH_SIZE / TRAIN_IMAGES:.0f} | {len(results)} | "
+            f"{100 * compositional_overall(correct, tags):.1f} | " + " | ".join(f"{100 * scores[c]:.1f}" for c in cols)
+            + f" | {100 * point:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] "
+            f"(seeds: {', '.join(f'{d:+.1f}' for d in per_seed)}) | {train:.0f} |")
+    return line, {"difference": point, "interval": [low, high], "per_seed": per_seed, "scores": scores}
+
+
+def report(base: dict, rows_dir: Path, out: Path, command: str) -> None:
+    tags = base["tags"]
+    cols = [*COMPOSITIONAL_TAGS, "single_object", "colors"]
+    lines = ["# Fine-tuning pilot: SFT vs base on training prompts", "",
+             f"Produced by `{command}` (the table holds every cached arm and rung). Base {describe_base(BASE)}. "
+             f"SFT: LoRA rank 16 on the middle layer (preset `{ROW.preset}`, constant rate, batch {BATCH_SIZE}), "
+             f"fine-tuned on {TRAIN_IMAGES} images of the `compositional` recipe (seed 0), one run per seed "
+             "checkpointed at each rung of the step ladder and resumed. Scored on "
+             f"{len(tags)} images of training prompts ({', '.join(f'{t} {n}' for t, n in IMAGES_PER_TAG.items())}; "
+             f"one image per record, sampling seed {SAMPLE_SEED}, {SAMPLE_STEPS} steps, guidance 4 with the base's "
+             "interval), the same noise for every row. Percent. *compositional* = mean of the four compositional "
+             "tags; its difference to the base is paired image by image (seed-averaged), with a 95% bootstrap "
+             "interval over prompts within each tag (sampling and prompt noise; the per-seed differences show the "
+             "training-seed spread). *train s*: seconds of the run's last leg (from the rung below), on a shared "
+             "machine.", "",
+             "| row | steps | epochs | seeds | " + " | ".join(["compositional", *cols]) + " | vs base (compositional) "
+             "| train s |", "| --- |" + " ---: |" * (len(cols) + 6)]
+    lines.append(f"| base | 0 | 0 | - | {100 * compositional_overall(np.asarray(base['correct'], float), tags):.1f} | "
+                 + " | ".join(f"{100 * base['scores'][c]:.1f}" for c in cols) + " | - | - |")
+    summary = {}
+    for (name, steps), by_seed in finished(rows_dir).items():
+        line, summary[f"{name} @ {steps}"] = rung_line(name, steps, list(by_seed.values()), base, cols)
+        lines.append(line)
+    leaks = {recipe: unstated_held_out(recipe) for recipe in ("pretrain", "compositional")}
+    lines += ["", leak_sentence(leaks)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"summary": summary, "unstated_held_out": leaks}, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arms", nargs="+", default=["lr1e-3"], choices=tuple(ARMS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--ladder", type=int, nargs="+", default=list(LADDER), help="step budgets, ascending")
+    parser.add_argument("--work", default="runs/finetune_pilot")
+    parser.add_argument("--rows-dir", default="docs/results/finetune_pilot_rows")
+    parser.add_argument("--out", default="docs/results/finetune_pilot.md")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows_dir = Path(args.rows_dir) / f"{fingerprint(BASE)}-{design_key()}"
+    base = run(Path(args.work), rows_dir, args.arms, args.seeds, sorted(args.ladder))
+    report(base, rows_dir, Path(args.out), "python -m benchmarks.finetune_pilot" + "".join(
+        f" --{flag} {' '.join(map(str, value))}" for flag, value, default in (
+            ("arms", args.arms, ["lr1e-3"]), ("seeds", args.seeds, [0, 1]), ("ladder", args.ladder, list(LADDER)))
+        if value != default))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

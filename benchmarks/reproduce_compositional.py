@@ -1,0 +1,285 @@
+"""The decisive reproduction (issue 24): does RSR beat LoRA on held-out compositions?
+
+Unlike ``reproduce_tables`` (the paper-tables-v1 design, which fine-tunes on the bases' own pretraining
+distribution for 250 steps and stays reproducible as it is), every row here fine-tunes ``shapes-t2i`` on the
+``compositional`` recipe (the training bindings of two_object, counting, position and color_attr; no image
+shows a held-out binding) at the budget ``benchmarks.finetune_pilot`` chose on training prompts
+(``docs/results/finetune_task.md``). Each row is scored twice with noise fixed per (prompt, sample), the same
+for every row and training seed, so rows compare image by image:
+
+* on the held-out evaluation prompts (:data:`PROTOCOL`), what the claims are about;
+* on the pilot's training prompts (``finetune_pilot.pilot_records``): the gain on the fine-tuning
+  distribution, which shows that fine-tuning changed the model.
+
+Every finished (row, seed) is one JSON under ``--rows-dir`` keyed by the base, the budget, the protocol and the
+row's resolved training config, so a rerun (also in a later session, or with the work split over processes)
+skips it::
+
+    python -m benchmarks.reproduce_compositional --plan                  # measured cost and the run plan
+    nohup nice -n 10 python -m benchmarks.reproduce_compositional --ready-only --shard 0/2 > c0.log 2>&1 &
+    nohup nice -n 10 python -m benchmarks.reproduce_compositional --ready-only --shard 1/2 > c1.log 2>&1 &
+    python -m benchmarks.reproduce_compositional --report-only           # the table from the finished rows
+
+The switch points that other issues settle are in one block near the top (#18: protocol and statistics;
+#19: the recommended routing preset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.compositional_plan import print_plan
+from benchmarks.finetune_pilot import BATCH_SIZE, TRAIN_IMAGES, score_images
+from benchmarks.reproduction_claims import Claim
+from benchmarks.shapes_rows import (
+    Budget,
+    Row,
+    cached,
+    finetuned,
+    fingerprint,
+    fmt_ci,
+    scored_verdicts,
+    seed_everything,
+    traced_sampling,
+)
+from benchmarks.stats import compare_verdicts, holm
+from thinkpix.eval.geneval import generate_protocol
+from thinkpix.shapes.dataset import make_dataset
+from thinkpix.shapes.protocol import get_protocol
+from thinkpix.train import preset
+
+BASE = "shapes-t2i"
+EVAL_SEED = 0  # sampling noise of the held-out images, the same for every row and training seed
+
+# --- switch points: what issues 18 and 19 settle; nothing below this block needs to change ------------------
+RECOMMENDED_PRESET: str | None = "shapes-routed"  # set by #19 (docs/results/routing_health.md)
+"""SWITCH (#19, "Routing that learns"): the name of the recommended routing preset (e.g. ``"shapes-routed"``)
+once it is on main. Until then the rows with the recommended gate are not ready and ``--ready-only`` skips them."""
+
+PROTOCOL = "v2"
+"""The held-out protocol (#18's Shapes-GenEval v2, :mod:`thinkpix.shapes.protocol`: balanced tags, noise per image
+from (seed, prompt, sample index), the same for every row and training seed)."""
+
+
+def held_out_images() -> int:
+    return len(get_protocol(PROTOCOL).jobs(EVAL_SEED))
+
+
+def sample_held_out(target, out: Path, steps: int) -> Path:
+    """Sample every held-out image of :data:`PROTOCOL` into a GenEval folder."""
+    return generate_protocol(target, PROTOCOL, out, seed=EVAL_SEED, steps=steps, progress=False)
+
+
+def compare(claims: list[Claim], rows: dict[str, list[dict]]) -> list[tuple[str, str, str, str]]:
+    """Per claim: (paired difference with its 95% interval, MDE at 80% power, uncorrected verdict, Holm-corrected
+    verdict), from ``benchmarks.stats.compare_verdicts`` on the per-image verdicts of the seeds both rows have."""
+    found = []
+    for claim in claims:
+        better, worse = rows.get(claim.better, []), rows.get(claim.worse, [])
+        seeds = sorted({r["seed"] for r in better} & {r["seed"] for r in worse})
+        by_seed = [{r["seed"]: r["geneval"]["verdicts"] for r in rs if r["seed"] in seeds} for rs in (better, worse)]
+        found.append(compare_verdicts(*by_seed) if seeds else None)
+    rejected = holm([c.p_value if c else math.nan for c in found])
+    lines = []
+    for comparison, holm_rejects in zip(found, rejected):
+        if comparison is None:
+            lines.append(("-", "-", "not run", "not run"))
+            continue
+        mean, half = 100 * comparison.mean, 100 * comparison.half_width
+        verdict = "supported" if mean - half > 0 else "contradicted" if mean + half < 0 else "not resolved"
+        lines.append((f"{mean:+.2f} ± {half:.2f}", f"{100 * comparison.mde:.2f}", verdict,
+                      verdict if holm_rejects else "not resolved"))
+    return lines
+# ----------------------------------------------------------------------------------------------------------
+
+
+DECISIVE = Budget(train_images=TRAIN_IMAGES, finetune_steps=1000, batch_size=BATCH_SIZE, geneval_prompts=None,
+                  samples=4, sample_steps=20)
+"""1000 steps of batch 32 on 1000 images (32 epochs): the pilot's rung at which SFT gains on training prompts
+(``docs/results/finetune_task.md``)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A row of the design: its ``Row``, how many training seeds it gets, and its gate."""
+
+    row: Row
+    seeds: int
+    gate: str | None  # "recommended" (#19's preset), "paper" (RSRConfig's defaults) or None (no learned gate)
+
+    def ready(self) -> bool:
+        return self.gate != "recommended" or RECOMMENDED_PRESET is not None
+
+    def resolved(self) -> Row:
+        """The row with its preset: the recommended one where the gate is, otherwise the paper's ``shapes``."""
+        name = RECOMMENDED_PRESET if self.gate == "recommended" else "shapes"
+        if name is None:
+            raise ValueError(f"row {self.row.name!r} needs the recommended routing preset: set RECOMMENDED_PRESET "
+                             "in benchmarks/reproduce_compositional.py once issue 19 has landed")
+        return Row(self.row.name, self.row.method, self.row.fields, name)
+
+
+MID, THREE = {"layers": "middle"}, {"layers": "three"}
+M2T2, M5T5 = {"num_experts": 2, "latent_steps": 2}, {"num_experts": 5, "latent_steps": 5}
+CENTRAL, OTHER = 5, 3  # training seeds: the issue's central claims get 5, the other rows 3
+DESIGN = [
+    Plan(Row("base", "base"), 1, None),
+    Plan(Row("SFT (middle)", "sft", MID), CENTRAL, None),
+    Plan(Row("SFT (three layers)", "sft", THREE), CENTRAL, None),
+    Plan(Row("RSR M=2, T=2 (middle)", "rsr", {**MID, **M2T2}), CENTRAL, "recommended"),
+    Plan(Row("RSR M=2, T=2 (three layers)", "rsr", {**THREE, **M2T2}), CENTRAL, "recommended"),
+    Plan(Row("RSR w/o recursion M=2, T=1 (middle)", "rsr", {**MID, "num_experts": 2, "latent_steps": 1}), CENTRAL,
+         "recommended"),
+    Plan(Row("RSR w/o modulation M=1, T=2 (middle)", "rsr", {**MID, "num_experts": 1, "latent_steps": 2}), CENTRAL,
+         "recommended"),
+    Plan(Row("RSR random routing M=2, T=2 (middle)", "rsr", {**MID, **M2T2, "routing": "random"}), CENTRAL, None),
+    Plan(Row("RSR M=2, T=2 (middle), paper gate", "rsr", {**MID, **M2T2}), OTHER, "paper"),
+    Plan(Row("RSR M=2, T=2 (three layers), paper gate", "rsr", {**THREE, **M2T2}), OTHER, "paper"),
+    Plan(Row("RSR M=5, T=5 (three layers)", "rsr", {**THREE, **M5T5}), OTHER, "recommended"),
+]
+RSR_MID, RSR_THREE = "RSR M=2, T=2 (middle)", "RSR M=2, T=2 (three layers)"
+CLAIMS = [
+    Claim("RSR beats SFT (LoRA), middle layer", "t2i", RSR_MID, "SFT (middle)"),
+    Claim("RSR beats SFT (LoRA), three layers", "t2i", RSR_THREE, "SFT (three layers)"),
+    Claim("Learned routing beats random routing, M=2, T=2, middle layer", "t2i", RSR_MID,
+          "RSR random routing M=2, T=2 (middle)"),
+    Claim("Recursion helps: M=2, T=2 beats M=2, T=1, middle layer", "t2i", RSR_MID,
+          "RSR w/o recursion M=2, T=1 (middle)"),
+    Claim("Modulation helps: M=2, T=2 beats M=1, T=2, middle layer", "t2i", RSR_MID,
+          "RSR w/o modulation M=1, T=2 (middle)"),
+    Claim("The recommended gate beats the paper gate, middle layer", "t2i", RSR_MID,
+          "RSR M=2, T=2 (middle), paper gate"),
+    Claim("RSR M=5, T=5 beats M=2, T=2, three layers", "t2i", "RSR M=5, T=5 (three layers)", RSR_THREE),
+]
+
+
+def config_key(row: Row, budget: Budget) -> str:
+    """Short hash of the row's resolved training config (preset + fields), so that a changed preset (for
+    instance #19's recommendation) never reuses rows trained with the old one."""
+    if row.method == "base":
+        return "none"
+    cfg = preset(row.preset, method=row.method, max_steps=budget.finetune_steps, batch_size=budget.batch_size,
+                 **row.fields).to_dict()
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def jobs(design: list[Plan], seeds: list[int] | None, names: list[str] | None, ready_only: bool) -> list[tuple]:
+    """(plan, seed) in run order: seed by seed across the rows, so that an interrupted run is balanced."""
+    order = []
+    for seed in range(max(p.seeds for p in design)):
+        for plan in design:
+            if seed >= plan.seeds or (seeds is not None and seed not in seeds):
+                continue
+            if (names and plan.row.name not in names) or (ready_only and not plan.ready()):
+                continue
+            order.append((plan, seed))
+    return order
+
+
+def training_folder(plan: Plan, budget: Budget) -> Path:
+    """``<training design>/<row>-<config key>`` under ``--work``: a row's adapters (checkpoints, final weights)
+    and samples. It names the base, the fine-tuning data and steps and the resolved training config but not the
+    protocol, so switching the protocol re-scores the trained adapters instead of training them again."""
+    row = plan.resolved()
+    design = f"t2i-{fingerprint(BASE)}-n{budget.train_images}-s{budget.finetune_steps}-b{budget.batch_size}"
+    return Path(design) / f"{row.slug}-{config_key(row, budget)}"
+
+
+def row_path(rows_dir: Path, plan: Plan, seed: int, budget: Budget) -> Path:
+    """A (row, seed)'s cached result: keyed by everything the training folder is, the budget and the protocol."""
+    design, row = training_folder(plan, budget).parts
+    return rows_dir / f"{design}-{budget.key()}-{PROTOCOL}" / row / f"seed{seed}.json"
+
+
+def run_row(plan: Plan, seed: int, budget: Budget, work: Path, data: Path) -> dict:
+    """Fine-tune one (row, seed) (or resume it, or load it when trained already), score it on both prompt sets."""
+    row = plan.resolved()
+    seed_everything(seed)
+    out = work / training_folder(plan, budget) / f"seed{seed}"
+    target, trained = finetuned(BASE, data, row, seed, budget.finetune_steps, budget.batch_size, out / "train",
+                                resume=True)
+    cost = cached(out / "train" / "cost.json", lambda: trained)  # a re-scored adapter keeps its training's cost
+    folder = out / f"geneval-{PROTOCOL}"
+    seconds, latent_steps = traced_sampling(target, lambda: sample_held_out(target, folder, budget.sample_steps))
+    held_out = {**scored_verdicts(folder), "sample_seconds": seconds, "latent_steps": latent_steps}
+    started = time.perf_counter()
+    train_prompts = score_images(target, out / "train-prompts")
+    train_prompts["sample_seconds"] = time.perf_counter() - started
+    return {**cost, "seed": seed, "protocol": PROTOCOL, "gate": plan.gate, "preset": row.preset, "geneval": held_out,
+            "train_prompts": train_prompts}
+
+
+def report(results: dict[str, list[dict]], out: Path, command: str) -> None:
+    cols = ["overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"]
+    lines = ["# The decisive reproduction on the compositional fine-tuning task (in progress)", "",
+             f"Produced by `{command}` from the finished rows (budget {DECISIVE}; held-out protocol `{PROTOCOL}`, "
+             f"{held_out_images()} images a row and seed; training prompts as in `finetune_pilot.md`). Mean "
+             "over training seeds with the half-width of its 95% interval (Student's t), percent.", "",
+             "| row | gate | held-out " + " | ".join(cols) + " | training prompts overall | train s | sample s "
+             "| seeds |", "| --- | --- |" + " ---: |" * (len(cols) + 4)]
+    for plan in DESIGN:
+        rows = results.get(plan.row.name)
+        if not rows:
+            continue
+        cells = [fmt_ci([r["geneval"]["scores"][c] for r in rows]) for c in cols]
+        sample = sum(r["geneval"]["sample_seconds"] + r["train_prompts"]["sample_seconds"] for r in rows) / len(rows)
+        lines.append(f"| {plan.row.name} | {plan.gate or '-'} | " + " | ".join(cells)
+                     + f" | {fmt_ci([r['train_prompts']['scores']['overall'] for r in rows])} | "
+                     f"{sum(r['train_seconds'] for r in rows) / len(rows):.0f} | {sample:.0f} | {len(rows)} |")
+    lines += ["", "| claim | difference (held-out overall, points) | MDE | verdict | Holm |",
+              "| --- | ---: | ---: | --- | --- |"]
+    lines += [f"| {c.text} | " + " | ".join(cells) + " |" for c, cells in zip(CLAIMS, compare(CLAIMS, results))]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", nargs="+", default=None, help="only these row names")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="only these training seeds")
+    parser.add_argument("--ready-only", action="store_true", help="skip rows that wait for a switch point")
+    parser.add_argument("--shard", default="0/1", help="I/N: run every N-th job starting at I (one per process)")
+    parser.add_argument("--work", default="runs/compositional", help="data, adapters and samples of every row")
+    parser.add_argument("--rows-dir", default="docs/results/compositional_rows")
+    parser.add_argument("--out", default="docs/results/compositional.md")
+    parser.add_argument("--plan", action="store_true", help="measure a row's cost and print the run plan")
+    parser.add_argument("--plan-held-out-images", type=int, default=None,
+                        help="plan for this many held-out images a row and seed (default: the protocol's; v2 has "
+                             "1120) instead of the current protocol's")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    work, rows_dir = Path(args.work), Path(args.rows_dir)
+    if args.plan:
+        images = args.plan_held_out_images or held_out_images()
+        name = PROTOCOL if args.plan_held_out_images is None else f"{images} images"
+        return print_plan(DESIGN, DECISIVE, name, images, work, rows_dir)
+    index, count = (int(x) for x in args.shard.split("/"))
+    todo = jobs(DESIGN, args.seeds, args.rows, args.ready_only)
+    data = make_dataset(work / "data", n=DECISIVE.train_images, seed=0, recipe="compositional")
+    for number, (plan, seed) in enumerate([] if args.report_only else todo):
+        if number % count != index or (path := row_path(rows_dir, plan, seed, DECISIVE)).is_file():
+            continue
+        cached(path, lambda p=plan, s=seed: run_row(p, s, DECISIVE, work, data))
+        print(f"[compositional] {plan.row.name} seed {seed}: done", flush=True)
+    results: dict[str, list[dict]] = {}
+    for plan, seed in jobs(DESIGN, None, None, True):
+        path = row_path(rows_dir, plan, seed, DECISIVE)
+        if path.is_file():
+            results.setdefault(plan.row.name, []).append(json.loads(path.read_text()))
+    report(results, Path(args.out), "python -m benchmarks.reproduce_compositional --report-only")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
