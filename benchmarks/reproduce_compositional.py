@@ -59,8 +59,8 @@ EVAL_SEED = 0  # sampling noise of the held-out images, the same for every row a
 
 # --- switch points: what issues 18 and 19 settle; nothing below this block needs to change ------------------
 RECOMMENDED_PRESET: str | None = "shapes-routed"  # set by #19 (docs/results/routing_health.md)
-"""SWITCH (#19, "Routing that learns"): the name of the recommended routing preset (e.g. ``"shapes-routed"``)
-once it is on main. Until then the rows with the recommended gate are not ready and ``--ready-only`` skips them."""
+"""The recommended routing preset (#19, "Routing that learns"). ``None`` marks the rows with the recommended gate
+as not ready (``--ready-only`` skips them)."""
 
 PROTOCOL = "v2"
 """The held-out protocol (#18's Shapes-GenEval v2, :mod:`thinkpix.shapes.protocol`: balanced tags, noise per image
