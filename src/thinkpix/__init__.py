@@ -1,61 +1,17 @@
-"""thinkpix: Recursive Sparse Reasoning (arXiv 2604.25299) for diffusers transformers."""
+"""thinkpix: Recursive Sparse Reasoning (arXiv 2604.25299) for diffusers transformers.
 
-from .analysis import flops
-from .core import (
-    ExpertBank,
-    GateDecision,
-    LatentStepGate,
-    RecursiveSparseReasoning,
-    RSRConfig,
-    RSROutput,
-    RSRStep,
-    balance_loss,
-)
-from .models import (
-    RoutingRecord,
-    RoutingTrace,
-    apply_rsr,
-    aux_loss,
-    checkpoint_info,
-    export_lora,
-    force_routing,
-    load_rsr,
-    remove_rsr,
-    routing_trace,
-    rsr_config,
-    rsr_layers,
-    rsr_parameters,
-    save_rsr,
-    set_halting,
-    set_step_checkpointing,
-)
+The public names load on first use (torch and diffusers are imported then, not by ``import thinkpix``).
+"""
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ExpertBank",
-    "GateDecision",
-    "LatentStepGate",
-    "RSRConfig",
-    "RSROutput",
-    "RSRStep",
-    "RecursiveSparseReasoning",
-    "RoutingRecord",
-    "RoutingTrace",
-    "apply_rsr",
-    "aux_loss",
-    "balance_loss",
-    "checkpoint_info",
-    "export_lora",
-    "flops",
-    "force_routing",
-    "load_rsr",
-    "remove_rsr",
-    "routing_trace",
-    "rsr_config",
-    "rsr_layers",
-    "rsr_parameters",
-    "save_rsr",
-    "set_halting",
-    "set_step_checkpointing",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    ".analysis": ("flops",),
+    ".core": ("ExpertBank", "GateDecision", "LatentStepGate", "RSRConfig", "RSROutput", "RSRStep",
+              "RecursiveSparseReasoning", "balance_loss"),
+    ".models": ("RoutingRecord", "RoutingTrace", "apply_rsr", "aux_loss", "checkpoint_info", "export_lora",
+                "force_routing", "load_rsr", "remove_rsr", "routing_trace", "rsr_config", "rsr_layers",
+                "rsr_parameters", "save_rsr", "set_halting", "set_step_checkpointing"),
+})

@@ -124,6 +124,10 @@ class RSRConfig:
         if self.balance_loss_weight is None:
             self.balance_loss_weight = DEFAULT_BALANCE_WEIGHT if self.num_experts > 3 else 0.0
 
+    def given(self) -> dict[str, Any]:
+        """The fields as passed to the constructor (``None`` where a value is derived, e.g. ``alpha = rank``)."""
+        return dict(self._given)
+
     def updated(self, **changes: Any) -> RSRConfig:
         """A copy with ``changes``, re-deriving every field that was left ``None`` (``alpha`` follows a new
         ``rank``, the balance weight a new M, the threshold a new criterion), unlike ``dataclasses.replace``."""
