@@ -178,3 +178,22 @@ def test_caption_column_reads_another_key(tmp_path):
     assert load_image_folder(tmp_path, caption_column="prompt").captions == ["a red circle"]
     with pytest.raises(ValueError, match=r"line 1 is malformed.*--caption-column"):
         load_image_folder(tmp_path)
+
+
+def test_finetune_flags_reach_the_installed_rsr_config(tmp_path, capsys):
+    """The fields the old command line could not set (alpha, remodulate, dispatch, halt_per) end up in the
+    saved rsr_config.json of a real run."""
+    from test_train_engine import class_folder
+    from tiny import tiny_dit_pipeline
+
+    tiny_dit_pipeline(tmp_path)
+    code = main(["finetune", "--pretrained_model_name_or_path", str(tmp_path / "pipe"), "--train_data_dir",
+                 str(class_folder(tmp_path / "data")), "--output_dir", str(tmp_path / "out"), "--max_train_steps", "1",
+                 "--train_batch_size", "4", "--report_to", "none", "--rank", "4", "--alpha", "2", "--no-remodulate",
+                 "--dispatch", "dense", "--halt_per", "sample", "--layers", "1", "--seed", "3",
+                 "--validation-steps", "0"])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((tmp_path / "out" / "rsr" / "rsr_config.json").read_text())
+    assert {k: saved[k] for k in ("rank", "alpha", "remodulate", "dispatch", "halt_per", "layers", "seed")} == {
+        "rank": 4, "alpha": 2.0, "remodulate": False, "dispatch": "dense", "halt_per": "sample", "layers": [1],
+        "seed": 3}

@@ -88,15 +88,30 @@ def _routing_scalars(target: TrainTarget) -> dict[str, float]:
     return scalars
 
 
-def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: str | Path, resume: str | None = None,
-          validation: list | None = None, report_to: str | None = "tensorboard", progress: bool = True) -> TrainResult:
-    """Train ``target`` on ``data`` with ``cfg``; checkpoints and logs go under ``out_dir``."""
-    out_dir = Path(out_dir)
+@dataclass
+class _Run:
+    """What one training run holds between steps (built by ``_prepare``)."""
+
+    accelerator: Accelerator
+    module: torch.nn.Module  # the transformer, DDP-wrapped unless sharded
+    named: dict[str, torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    ema: EMAModel | None
+    scheduler: object
+    micro_batch: int
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return list(self.named.values())
+
+
+def _accelerator(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: Path,
+                 report_to: str | None) -> Accelerator:
+    """The accelerator, after the checks that need the process count but no model work."""
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=report_to, project_dir=str(out_dir),
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    world, rank = accelerator.num_processes, accelerator.process_index
-    micro_batch = cfg.batch_size // cfg.gradient_accumulation_steps
+    world = accelerator.num_processes
     if cfg.batch_size % (cfg.gradient_accumulation_steps * world):
         raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} must be divisible by gradient_accumulation_steps "
                          f"x processes = {cfg.gradient_accumulation_steps * world}")
@@ -107,6 +122,11 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
     if accelerator.distributed_type == DistributedType.FSDP:
         raise ValueError("accelerate's FSDP plugin is not used by thinkpix: launch without it and pass --fsdp "
                          "(TrainConfig.fsdp), which shards the blocks with FSDP2 itself (see train/sharding.py)")
+    return accelerator
+
+
+def _prepare(target: TrainTarget, cfg: TrainConfig, accelerator: Accelerator) -> _Run:
+    """Install the trainable parameters, the optimizer and the EMA, and hand them to accelerate."""
     named = trainable_parameters(target, cfg)
     for p in named.values():
         p.data = p.data.float()  # trainable parameters in fp32 (mixed precision autocasts the compute)
@@ -122,20 +142,90 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
         module, optimizer = target.transformer, accelerator.prepare(optimizer)
     else:
         module, optimizer = accelerator.prepare(target.transformer, optimizer)
-    scheduler = training_scheduler(target.pipeline.scheduler)
-    ckpt_dir = out_dir / "checkpoints"
-    step = 0
+    return _Run(accelerator, module, named, optimizer, ema, training_scheduler(target.pipeline.scheduler),
+                cfg.batch_size // cfg.gradient_accumulation_steps)
+
+
+def _resume(run: _Run, ckpt_dir: Path, resume: str | None) -> int:
+    """Load the checkpoint ``resume`` names (``latest`` or a folder) into ``run``; the step to continue from."""
     resume_from = resolve_resume(ckpt_dir, resume)
-    if resume_from is not None:
-        step, tensors, ema_tensors = load_checkpoint(resume_from, optimizer)
-        shard_optimizer_state(optimizer)
-        missing = sorted(set(named) - set(tensors))
-        if missing:
-            raise ValueError(f"checkpoint {resume_from} does not match this run: no weights for {missing[:4]}")
-        load_into(named, tensors)
-        if ema is not None and ema_tensors is not None:
-            load_into(dict(zip(named, ema.shadow_params)), ema_tensors)
-            ema.optimization_step = step
+    if resume_from is None:
+        return 0
+    step, tensors, ema_tensors = load_checkpoint(resume_from, run.optimizer)
+    shard_optimizer_state(run.optimizer)
+    missing = sorted(set(run.named) - set(tensors))
+    if missing:
+        raise ValueError(f"checkpoint {resume_from} does not match this run: no weights for {missing[:4]}")
+    load_into(run.named, tensors)
+    if run.ema is not None and ema_tensors is not None:
+        load_into(dict(zip(run.named, run.ema.shadow_params)), ema_tensors)
+        run.ema.optimization_step = step
+    return step
+
+
+def _micro_step(run: _Run, target: TrainTarget, data: ImageDataset, cfg: TrainConfig, k: int, step: int,
+                ckpt_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward and (at the last micro-step) the optimizer step of micro-step ``k``; (loss, balance)."""
+    accelerator = run.accelerator
+    seed = _micro_seed(cfg.seed, k, accelerator.process_index)
+    torch.manual_seed(seed)  # DiT's label dropout draws from the global RNG
+    if cfg.method != "full":
+        for layer, proc in rsr_layers(target.transformer).items():
+            proc.rsr.gate.manual_seed(seed + layer)
+    g = torch.Generator().manual_seed(seed)
+    index = batch_indices(len(data), run.micro_batch, k, cfg.seed, accelerator.process_index,
+                          accelerator.num_processes)
+    x0 = target.latents(data.pixels(index).to(accelerator.device), g)
+    if data.kind == "caption":
+        captions = [data.captions[i] for i in index.tolist()]
+        if cfg.condition_dropout:
+            drop = torch.rand(len(captions), generator=g) < cfg.condition_dropout
+            captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        cond = target.conditions(captions=captions)
+    else:
+        cond = target.conditions(labels=data.labels[index].to(accelerator.device))
+
+    def forward(noisy, t):
+        kwargs = {k: (v.to(noisy.dtype) if v.is_floating_point() else v) for k, v in cond.items()}
+        return run.module(hidden_states=noisy, timestep=t, **kwargs).sample
+
+    with accelerator.accumulate(run.module), accelerator.autocast():
+        if isinstance(run.scheduler, FlowMatchEulerDiscreteScheduler):
+            loss = flow_matching_loss(forward, x0, run.scheduler, g, cfg.logit_mean, cfg.logit_std)
+        else:
+            loss = noise_prediction_loss(forward, x0, run.scheduler, g)
+        balance = aux_loss(target.transformer) if cfg.method != "full" else loss.new_zeros(())
+        if not math.isfinite(loss.item()):
+            last = resolve_resume(ckpt_dir, "latest")
+            raise TrainingDiverged(f"loss became {loss.item()} at step {step}: training stopped; "
+                                   f"last good checkpoint: {last or 'none yet'}")
+        accelerator.backward(loss + balance)
+        if accelerator.sync_gradients and accelerator.num_processes > 1 and target.train_text_encoder:
+            _average_outside_ddp(accelerator, run.named)
+        if accelerator.sync_gradients and cfg.max_grad_norm:
+            accelerator.clip_grad_norm_(run.params, cfg.max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    return loss, balance
+
+
+def _save_checkpoint(run: _Run, cfg: TrainConfig, ckpt_dir: Path, step: int) -> None:
+    """Gathered on every process (all-gathers under FSDP), written by the main one."""
+    run.accelerator.wait_for_everyone()
+    weights, opt_state = gather(run.named), gather_optimizer_state(run.optimizer.state_dict())
+    shadow = gather(dict(zip(run.named, run.ema.shadow_params))) if run.ema is not None else None
+    if run.accelerator.is_main_process:
+        save_checkpoint(ckpt_dir, step, weights, opt_state, cfg.to_dict(), shadow, keep=cfg.checkpoints_total_limit)
+
+
+def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: str | Path, resume: str | None = None,
+          validation: list | None = None, report_to: str | None = "tensorboard", progress: bool = True) -> TrainResult:
+    """Train ``target`` on ``data`` with ``cfg``; checkpoints and logs go under ``out_dir``."""
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    accelerator = _accelerator(target, data, cfg, out_dir, report_to)
+    run = _prepare(target, cfg, accelerator)
+    step = _resume(run, ckpt_dir, resume)
     if report_to and accelerator.is_main_process:
         accelerator.init_trackers("thinkpix", config={k: str(v) for k, v in cfg.to_dict().items()})
     result = TrainResult(out_dir, step)
@@ -144,51 +234,14 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
     started = time.perf_counter()
     while step < cfg.max_steps:
         lr = cfg.lr_at(step)  # the run's schedule wins over any rate saved with the optimizer state
-        for group in optimizer.param_groups:
+        for group in run.optimizer.param_groups:
             group["lr"] = lr
         for micro in range(cfg.gradient_accumulation_steps):
-            k = step * cfg.gradient_accumulation_steps + micro
-            seed = _micro_seed(cfg.seed, k, rank)
-            torch.manual_seed(seed)  # DiT's label dropout draws from the global RNG
-            if cfg.method != "full":
-                for layer, proc in rsr_layers(target.transformer).items():
-                    proc.rsr.gate.manual_seed(seed + layer)
-            g = torch.Generator().manual_seed(seed)
-            index = batch_indices(len(data), micro_batch, k, cfg.seed, rank, world)
-            x0 = target.latents(data.pixels(index).to(accelerator.device), g)
-            if data.kind == "caption":
-                captions = [data.captions[i] for i in index.tolist()]
-                if cfg.condition_dropout:
-                    drop = torch.rand(len(captions), generator=g) < cfg.condition_dropout
-                    captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-                cond = target.conditions(captions=captions)
-            else:
-                cond = target.conditions(labels=data.labels[index].to(accelerator.device))
-
-            def forward(noisy, t, cond=cond):
-                kwargs = {k: (v.to(noisy.dtype) if v.is_floating_point() else v) for k, v in cond.items()}
-                return module(hidden_states=noisy, timestep=t, **kwargs).sample
-
-            with accelerator.accumulate(module), accelerator.autocast():
-                if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
-                    loss = flow_matching_loss(forward, x0, scheduler, g, cfg.logit_mean, cfg.logit_std)
-                else:
-                    loss = noise_prediction_loss(forward, x0, scheduler, g)
-                balance = aux_loss(target.transformer) if cfg.method != "full" else loss.new_zeros(())
-                if not math.isfinite(loss.item()):
-                    last = resolve_resume(ckpt_dir, "latest")
-                    raise TrainingDiverged(f"loss became {loss.item()} at step {step}: training stopped; "
-                                           f"last good checkpoint: {last or 'none yet'}")
-                accelerator.backward(loss + balance)
-                if accelerator.sync_gradients and world > 1 and target.train_text_encoder:
-                    _average_outside_ddp(accelerator, named)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            loss, balance = _micro_step(run, target, data, cfg, step * cfg.gradient_accumulation_steps + micro, step,
+                                        ckpt_dir)
         step += 1
-        if ema is not None:
-            ema.step(params)
+        if run.ema is not None:
+            run.ema.step(run.params)
         result.losses.append(loss.item())
         logs = {"train/loss": loss.item(), "train/balance_loss": balance.item(), "train/lr": lr}
         if cfg.method != "full":
@@ -199,13 +252,7 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
         bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{(step - result.step) * cfg.batch_size / elapsed:.1f}")
         bar.update(1)
         if step % cfg.checkpointing_steps == 0 or step == cfg.max_steps:
-            accelerator.wait_for_everyone()
-            # gathered on every process (all-gathers under FSDP), written by the main one
-            weights, opt_state = gather(named), gather_optimizer_state(optimizer.state_dict())
-            shadow = gather(dict(zip(named, ema.shadow_params))) if ema is not None else None
-            if accelerator.is_main_process:
-                save_checkpoint(ckpt_dir, step, weights, opt_state, cfg.to_dict(), shadow,
-                                keep=cfg.checkpoints_total_limit)
+            _save_checkpoint(run, cfg, ckpt_dir, step)
         # a sharded model samples on every process (its forward is collective); the main one writes the grid
         if validation and cfg.validation_steps and step % cfg.validation_steps == 0 and (
                 cfg.fsdp or accelerator.is_main_process):
@@ -213,8 +260,8 @@ def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: st
                       write=accelerator.is_main_process)
     bar.close()
     accelerator.wait_for_everyone()
-    if ema is not None:
-        ema.copy_to(params)  # the final weights are the EMA weights when EMA is on
+    if run.ema is not None:
+        run.ema.copy_to(run.params)  # the final weights are the EMA weights when EMA is on
     final = gather(rsr_state_dict(target.transformer)) if cfg.method != "full" else None
     if accelerator.is_main_process:
         result.final = _save_final(target, cfg, out_dir, final)
