@@ -18,8 +18,9 @@ from pathlib import Path
 
 from . import __version__
 from .analysis.cli import add_analyze_parser
+from .core.config import RSRConfig
 from .eval.cli import add_eval_parser, add_generate_parser, add_sample_npz_parser
-from .flags import Parser, add_sampling_options
+from .flags import Parser, add_config_flags, add_sampling_options, config_values
 from .frozenlake.cli import add_frozenlake_parser
 from .shapes.cli import add_shapes_parser
 
@@ -47,9 +48,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .core.config import RSRConfig
-
-    cfg = RSRConfig(num_experts=args.num_experts, latent_steps=args.latent_steps)
+    cfg = RSRConfig(**config_values(args, args.config_fields))
     print(json.dumps({"thinkpix": __version__, "default_config": cfg.to_dict()}, indent=2))
     return 0
 
@@ -89,10 +88,8 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_info_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="print the version and an RSRConfig as JSON")
-    p.add_argument("--num-experts", type=int, default=2)
-    p.add_argument("--latent-steps", type=int, default=2)
-    p.set_defaults(func=_info)
+    p = sub.add_parser("info", help="print the version and an RSRConfig (built from the flags) as JSON")
+    p.set_defaults(func=_info, config_fields=add_config_flags(p, RSRConfig, RSRConfig().given()))
     p = sub.add_parser("inspect", help="print the config and metadata of an RSR checkpoint folder")
     p.add_argument("checkpoint", help="folder with rsr_config.json and rsr_weights.safetensors")
     p.set_defaults(func=_inspect)
