@@ -8,7 +8,20 @@ from __future__ import annotations
 
 import importlib
 import sys
+import types
 from collections.abc import Callable
+
+
+class _LazyPackage(types.ModuleType):
+    """A package whose exports may share a name with a submodule (``frozenlake.replay`` the function and the
+    module): the import system binds the submodule on the package once it loads, and the export wins, as it
+    did with an eager ``from .replay import replay``."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if isinstance(value, types.ModuleType) and value.__name__ == f"{self.__name__}.{name}" and hasattr(
+                value, name) and name in self.__dict__.get("__all__", ()):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
 
 
 def lazy_exports(package: str, exports: dict[str, tuple[str, ...]]) -> tuple[Callable, Callable, list[str]]:
@@ -25,4 +38,5 @@ def lazy_exports(package: str, exports: dict[str, tuple[str, ...]]) -> tuple[Cal
     def __dir__() -> list[str]:
         return sorted(set(vars(sys.modules[package])) | set(where))
 
+    sys.modules[package].__class__ = _LazyPackage
     return __getattr__, __dir__, sorted(where)
