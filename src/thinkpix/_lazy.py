@@ -18,9 +18,10 @@ class _LazyPackage(types.ModuleType):
     did with an eager ``from .replay import replay``."""
 
     def __setattr__(self, name: str, value: object) -> None:
-        if isinstance(value, types.ModuleType) and value.__name__ == f"{self.__name__}.{name}" and hasattr(
-                value, name) and name in self.__dict__.get("__all__", ()):
-            value = getattr(value, name)
+        # vars(), not hasattr(): a lazy sub-package would import its exports to answer hasattr
+        if name in self.__dict__.get("__all__", ()) and isinstance(value, types.ModuleType) and (
+                value.__name__ == f"{self.__name__}.{name}" and name in vars(value)):
+            value = vars(value)[name]
         super().__setattr__(name, value)
 
 
