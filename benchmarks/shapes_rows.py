@@ -113,7 +113,7 @@ def finetuned(base: str, data_dir: Path, row: Row, seed: int, steps: int, batch_
     cfg = preset(row.preset, method=row.method, max_steps=steps, batch_size=batch_size, seed=seed,
                  validation_steps=0, checkpointing_steps=steps, checkpoints_total_limit=1, **row.fields)
     started = time.perf_counter()
-    train(target, load_image_folder(data_dir), cfg, out, report_to=None, progress=False)
+    train(target, load_image_folder(data_dir), cfg, out, report_to=None, progress=False, overwrite=True)
     cost.update(train_seconds=time.perf_counter() - started, train_steps=steps,
                 trainable_params=sum(p.numel() for p in rsr_parameters(target.transformer)))
     target.transformer.eval()

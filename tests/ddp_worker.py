@@ -26,4 +26,5 @@ target = TrainTarget(load_pipeline(pipe_dir))
 cfg = TrainConfig(rank=4, num_experts=3, latent_steps=2, layers=(1,), batch_size=4, max_steps=3,
                   checkpointing_steps=3, learning_rate=1e-2)
 result = train(target, load_image_folder(data_dir), cfg, out, report_to=None, progress=False)
+assert result.main_process == (rank == 0), (rank, result.main_process)  # only rank 0 reports (the CLI's JSON)
 save_file(rsr_state_dict(target.transformer), str(out / f"rank{rank}.safetensors"))

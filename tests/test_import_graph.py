@@ -19,7 +19,7 @@ PACKAGE = SRC / "thinkpix"
 
 # Lowest first. A module may import from its own unit or from a unit of a strictly lower layer.
 LAYERS = [
-    {"_lazy"},
+    {"_lazy", "errors", "files"},
     {"argtypes", "core", "images"},
     {"flags", "models", "shapes"},
     {"pipelines"},

@@ -19,6 +19,7 @@ from pathlib import Path
 from . import __version__
 from .analysis.cli import add_analyze_parser
 from .core.config import RSRConfig
+from .errors import notices_to_stderr
 from .eval.cli import add_eval_parser, add_generate_parser, add_sample_npz_parser
 from .flags import Parser, add_config_flags, add_sampling_options, config_values
 from .frozenlake.cli import add_frozenlake_parser
@@ -111,10 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; bad input (``UserError`` and other ``ValueError``, filesystem errors) prints one line and
+    returns 2, Ctrl-C prints one line (with the resume command for training) and returns 130. Other
+    exceptions are bugs and keep their traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    notices_to_stderr(f"thinkpix {args.command}")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError, NotImplementedError) as err:
+    except KeyboardInterrupt as err:
+        from .train.interrupt import interrupt_message
+
+        print(f"thinkpix {args.command}: {interrupt_message(err, argv)}", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, NotImplementedError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"thinkpix {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -58,7 +58,8 @@ def run_demo(out: Path, quick: bool = False, base: str = "shapes-t2i") -> str:
     target.transformer.eval()
     generate_geneval(target, records, out / "samples" / "base", samples=plan["samples"], steps=plan["eval_steps"])
     timings["sample base"] = time.perf_counter() - started
-    result = train(target, load_image_folder(data_dir), cfg, out / "finetune", report_to="tensorboard")
+    result = train(target, load_image_folder(data_dir), cfg, out / "finetune", report_to="tensorboard",
+                   overwrite=True)  # a rerun of the demo starts over
     timings["fine-tune"] = time.perf_counter() - started - sum(timings.values())
     target.transformer.eval()
     with routing_trace(target.transformer) as trace:

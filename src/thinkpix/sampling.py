@@ -6,9 +6,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from .errors import check_positive_int
 from .images import save_grid, to_uint8
 from .models import load_rsr
-from .pipelines import TrainTarget, load_pipeline
+from .pipelines import TrainTarget, check_sampling_args, load_pipeline
 from .shapes.sampling import check_guidance_interval
 
 
@@ -36,7 +37,10 @@ def sample_to_folder(model: str | Path, conditions: list, out: str | Path, rsr: 
                      steps: int = 20, guidance_scale: float = 4.0, seed: int = 0,
                      images_per_condition: int = 1, guidance_interval: tuple[float, float] | None = None) -> Path:
     """Write ``<out>/<i:05d>-<n>.png`` for every condition and ``<out>/grid.png`` (one row per condition)."""
+    check_sampling_args(steps, guidance_scale)
+    check_positive_int(images_per_condition, "--num-images")
     target = load_target(model, rsr, guidance_interval)
+    conditions = target.check_conditions(conditions)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     repeated = [c for c in conditions for _ in range(images_per_condition)]

@@ -7,6 +7,7 @@ T latent steps, LoRA rank r, Gumbel temperature tau, looped layers.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -169,9 +170,10 @@ class RSRConfig:
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> RSRConfig:
-        """Parse a JSON string, or read a ``.json`` file when given a path."""
+        """Parse a JSON string, or read a ``.json`` file when given a path (a ``Path``, or a string naming an
+        existing file: a folder name may start with ``{`` too)."""
         text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
+        if isinstance(text_or_path, os.PathLike) or not text.lstrip().startswith("{") or _is_file(text):
             text = Path(text_or_path).read_text()
         try:
             data = json.loads(text)
@@ -180,3 +182,10 @@ class RSRConfig:
         if not isinstance(data, dict):
             raise ValueError(f"RSRConfig JSON must be an object, got {type(data).__name__}")
         return cls.from_dict(data)
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # a JSON text too long for a file name, or with a NUL
+        return False

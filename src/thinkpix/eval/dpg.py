@@ -30,7 +30,7 @@ from ..pipelines import TrainTarget
 from ..shapes.dpg import DPG_CATEGORIES, DpgItem, random_item
 from ..shapes.dpg_score import DpgImageResult, score_dpg_image, summarize_dpg
 from ..shapes.prompts import HELDOUT_BINDINGS, canonical_fact
-from .geneval import sample_prompt_folders
+from .geneval import sample_prompt_folders, start_prompt_folders
 
 DPG_SPLITS = ("eval", "train", "all")
 MAX_DRAWS_PER_PROMPT = 1000
@@ -79,7 +79,7 @@ def generate_dpg(target: TrainTarget, items: list[DpgItem], out: str | Path, sam
     if target.kind != "caption":
         raise ValueError("DPG prompts need a text-to-image model (e.g. shapes-t2i), not a class-conditional one")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    start_prompt_folders(out, len(items), samples, steps, guidance_scale, batch_size)
     config = {**(info or {}), "benchmark": "shapes-dpg", "prompts": len(items), "samples": samples, "seed": seed,
               "num_inference_steps": steps, "guidance_scale": guidance_scale, "batch_size": batch_size}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -20,12 +20,15 @@ DiT's ``sample_ddp.py`` writes and :mod:`thinkpix.eval.sample_npz` writes here.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import linalg
 
+from ..errors import UserError, check_positive_int
+from ..images import rgb8
 from .extractors import Features, extract_features, get_extractor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -42,10 +45,13 @@ def load_images(path: str | Path) -> np.ndarray:
     if path.suffix == ".npz":
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such .npz file")
-        with np.load(path) as data:
-            if "arr_0" not in data:
-                raise ValueError(f"{path} has no arr_0 (keys: {sorted(data.files)}): expected ADM-style samples")
-            images = data["arr_0"]
+        try:
+            with np.load(path) as data:
+                if "arr_0" not in data:
+                    raise UserError(f"{path} has no arr_0 (keys: {sorted(data.files)}): expected ADM-style samples")
+                images = data["arr_0"]
+        except (OSError, EOFError, zipfile.BadZipFile) as err:  # truncated or not an .npz at all
+            raise UserError(f"{path} is not a readable .npz file (truncated or corrupt): {err}") from None
     elif path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.name != "grid.png")
         if not files:
@@ -53,7 +59,7 @@ def load_images(path: str | Path) -> np.ndarray:
         arrays = []
         for file in files:
             with Image.open(file) as image:
-                arrays.append(np.asarray(image.convert("RGB")))
+                arrays.append(rgb8(image))
         if len({a.shape for a in arrays}) > 1:
             raise ValueError(f"{path} mixes image sizes {sorted({a.shape for a in arrays})}")
         images = np.stack(arrays)
@@ -202,6 +208,7 @@ def evaluate_folders_or_npz(ref: str | Path, samples: str | Path, extractor: str
                             weights: str | Path | None = None, batch_size: int = 256,
                             device: str = "cpu") -> dict[str, float | int | str]:
     """Load both image sets, extract features with the named extractor, and compute the ADM metrics."""
+    check_positive_int(batch_size, "--batch-size")
     model = get_extractor(extractor, weights=weights, device=device)  # fails fast on a bad extractor
     ref_images, sample_images = load_images(ref), load_images(samples)
     metrics = compute_metrics(extract_features(model, ref_images, batch_size),

@@ -13,16 +13,21 @@ diffusers ``StableDiffusion3Pipeline``.
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..errors import UserError, check_positive_int
 from ..images import to_uint8
-from ..pipelines import TrainTarget
+from ..pipelines import TrainTarget, check_sampling_args
 from ..shapes.metadata import validate_metadata
 from ..shapes.score import GenEvalResult, score_image, summarize
+
+logger = logging.getLogger(__name__)
 
 
 def generate_geneval(target: TrainTarget, records: list[dict], out: str | Path, samples: int = 4, seed: int = 0,
@@ -33,6 +38,7 @@ def generate_geneval(target: TrainTarget, records: list[dict], out: str | Path, 
     offset of its first image, so a run is reproducible for a given ``batch_size``.
     """
     out = Path(out)
+    start_prompt_folders(out, len(records), samples, steps, guidance_scale, batch_size)
     for i, record in enumerate(records):
         folder = out / f"{i:05d}"
         (folder / "samples").mkdir(parents=True, exist_ok=True)
@@ -53,6 +59,31 @@ def sample_prompt_folders(target: TrainTarget, prompts: list[str], out: Path, sa
                                         guidance_scale=guidance_scale))
         for (i, n), image in zip(batch, images):
             Image.fromarray(image).save(out / f"{i:05d}" / "samples" / f"{n:05d}.png")
+
+
+def start_prompt_folders(out: Path, prompts: int, samples: int, steps: int, guidance_scale: float,
+                         batch_size: int) -> None:
+    """Check the settings of a GenEval / DPG generation into ``out`` before anything is written, and delete
+    what an earlier, larger run left there that this one would not overwrite (``<index>/`` folders with
+    ``index >= prompts``, ``samples/<n>.png`` with ``n >= samples``), saying so: a score never mixes runs."""
+    if prompts < 1:
+        raise UserError("no prompts to generate (check --limit / --num-prompts)")
+    check_sampling_args(steps, guidance_scale)
+    check_positive_int(samples, "--samples")
+    check_positive_int(batch_size, "batch_size")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    stale = [p for p in out.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) >= prompts]
+    images = [f for i in range(prompts) for f in (out / f"{i:05d}" / "samples").glob("*.png")
+              if not f.stem.isdigit() or int(f.stem) >= samples]
+    for folder in stale:
+        shutil.rmtree(folder)
+    for image in images:
+        image.unlink()
+    if stale or images:
+        logger.warning("removed %d prompt folder(s) and %d sample(s) of an earlier run from %s", len(stale),
+                       len(images), out)
 
 
 def score_geneval_folder(folder: str | Path) -> tuple[dict[str, float], list[GenEvalResult]]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..images import to_uint8
-from ..pipelines import TrainTarget
+from ..pipelines import TrainTarget, check_sampling_args
 from .fid import save_npz
 
 
@@ -80,6 +80,7 @@ def sample_npz(model: str | Path, num_samples: int, out: str | Path, rsr: str | 
 
     from ..sampling import load_target
 
+    check_sampling_args(steps, guidance_scale)
     out = Path(out)
     if out.suffix != ".npz":
         raise ValueError(f"--out {out}: the output must be an .npz file")

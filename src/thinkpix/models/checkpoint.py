@@ -18,6 +18,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..core.config import RSRConfig
+from ..core.recursion import RecursiveSparseReasoning
+from ..files import publish_mode
 from .hosts import _require_install, apply_rsr, check_layers, check_supported, remove_rsr, rsr_install, rsr_layers
 
 CONFIG_NAME = "rsr_config.json"
@@ -30,6 +32,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        publish_mode(tmp)  # mkstemp makes it 0600; the checkpoint is an ordinary file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -93,8 +96,20 @@ def _check_host(transformer: nn.Module, config: RSRConfig, metadata: dict, folde
         raise ValueError(f"RSR checkpoint {folder} does not fit this model: {err}") from None
 
 
+def _expected_shapes(transformer: nn.Module, config: RSRConfig) -> dict[str, tuple]:
+    """The ``rsr_state_dict`` shapes that ``config`` gives on ``transformer``, from modules built on the meta
+    device: a config with a huge rank (a tampered file) allocates nothing before it is refused."""
+    shapes = {}
+    for i in config.layers:
+        dim = _width(transformer, i)
+        with torch.device("meta"):
+            rsr = RecursiveSparseReasoning(config, dim, cond_dim=dim, layer_index=i)
+        shapes.update({f"layers.{i}.{name}": tuple(t.shape) for name, t in rsr.state_dict().items()})
+    return shapes
+
+
 def _check_tensors(transformer: nn.Module, config: RSRConfig, tensors: dict, metadata: dict, folder: Path) -> None:
-    expected = rsr_state_dict(transformer)
+    expected = _expected_shapes(transformer, config)
     width = _width(transformer, config.layers[0])
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -102,12 +117,13 @@ def _check_tensors(transformer: nn.Module, config: RSRConfig, tensors: dict, met
         raise ValueError(
             f"RSR checkpoint {folder} does not fit: missing keys {missing[:6]}, unexpected keys {unexpected[:6]}"
         )
-    for key, tensor in expected.items():
-        if tensors[key].shape != tensor.shape:
+    for key, shape in expected.items():
+        if tuple(tensors[key].shape) != shape:
             raise ValueError(
                 f"RSR checkpoint {folder} does not fit: {key} has shape {tuple(tensors[key].shape)} in the "
-                f"checkpoint but {tuple(tensor.shape)} in the model (checkpoint made for width "
-                f"{metadata.get('thinkpix_width', '?')}, this model has width {width})"
+                f"checkpoint but {shape} in the model (checkpoint made for width "
+                f"{metadata.get('thinkpix_width', '?')}, this model has width {width}; its rsr_config.json says "
+                f"rank={config.rank}, num_experts={config.num_experts})"
             )
 
 
@@ -124,11 +140,11 @@ def load_rsr(transformer: nn.Module, path: str | os.PathLike) -> nn.Module:
     if install is not None and install.config != config:
         raise ValueError(f"this transformer already has RSR with another config ({install.config}); remove_rsr first")
     _check_host(transformer, config, metadata, folder)
+    _check_tensors(transformer, config, tensors, metadata, folder)  # before apply_rsr allocates anything
     fresh = install is None
     if fresh:
         apply_rsr(transformer, config)
     try:
-        _check_tensors(transformer, config, tensors, metadata, folder)
         for i, proc in rsr_layers(transformer).items():
             prefix = f"layers.{i}."
             proc.rsr.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})

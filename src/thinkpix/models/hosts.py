@@ -84,33 +84,64 @@ def _attention(transformer: nn.Module, block: nn.Module):
     return block.attn1, AttnProcessor2_0, RSRSelfAttnProcessor
 
 
+# The hooks are objects, not closures: ``copy.deepcopy`` of the transformer (how DiT-style loops make their
+# EMA copy) then copies each hook together with the capture it writes, so the copy fills its own captures
+# (a closure would be shared and keep writing into the original's).
+@dataclass
+class _CaptureModulation:
+    """``AdaLayerNormZero(X).linear`` output -> shift_msa, scale_msa, ...: keep the first two."""
+
+    capture: BlockCapture
+    dim: int
+
+    def __call__(self, _module, _inputs, out) -> None:
+        chunks = out.chunk(out.shape[1] // self.dim, dim=1)
+        self.capture.shift, self.capture.scale = chunks[0], chunks[1]
+
+
+@dataclass
+class _CaptureTemb:
+    """SD3: ``block(hidden_states, encoder_hidden_states, temb, ...)``: keep ``temb``."""
+
+    capture: BlockCapture
+
+    def __call__(self, _module, args, kwargs) -> None:
+        self.capture.cond = kwargs["temb"] if "temb" in kwargs else args[2]
+
+
+@dataclass
+class _CaptureEmbedding:
+    """DiT: ``CombinedTimestepLabelEmbeddings(timestep, class_labels)`` output."""
+
+    capture: BlockCapture
+
+    def __call__(self, _module, _inputs, out) -> None:
+        self.capture.cond = out
+
+
+@dataclass
+class _CaptureTimestep:
+    """The transformer's ``timestep`` argument, for routing traces."""
+
+    session: RSRSession
+    signature: inspect.Signature
+
+    def __call__(self, module, args, kwargs) -> None:
+        self.session.timestep = self.signature.bind_partial(module, *args, **kwargs).arguments.get("timestep")
+
+
 def _hook_block(transformer: nn.Module, block: nn.Module, capture: BlockCapture, dim: int) -> list:
-    def modulation(_module, _inputs, out):  # AdaLayerNormZero(X).linear -> shift_msa, scale_msa, ...
-        chunks = out.chunk(out.shape[1] // dim, dim=1)
-        capture.shift, capture.scale = chunks[0], chunks[1]
-
-    hooks = [block.norm1.linear.register_forward_hook(modulation)]
+    hooks = [block.norm1.linear.register_forward_hook(_CaptureModulation(capture, dim))]
     if isinstance(transformer, SD3Transformer2DModel):
-        def cond(_module, args, kwargs):  # block(hidden_states, encoder_hidden_states, temb, ...)
-            capture.cond = kwargs["temb"] if "temb" in kwargs else args[2]
-
-        hooks.append(block.register_forward_pre_hook(cond, with_kwargs=True))
+        hooks.append(block.register_forward_pre_hook(_CaptureTemb(capture), with_kwargs=True))
     else:
-        def cond(_module, _inputs, out):  # CombinedTimestepLabelEmbeddings(timestep, class_labels)
-            capture.cond = out
-
-        hooks.append(block.norm1.emb.register_forward_hook(cond))
+        hooks.append(block.norm1.emb.register_forward_hook(_CaptureEmbedding(capture)))
     return hooks
 
 
 def _hook_timestep(transformer: nn.Module, session: RSRSession):
-    signature = inspect.signature(type(transformer).forward)
-
-    def grab(module, args, kwargs):
-        bound = signature.bind_partial(module, *args, **kwargs).arguments
-        session.timestep = bound.get("timestep")
-
-    return transformer.register_forward_pre_hook(grab, with_kwargs=True)
+    hook = _CaptureTimestep(session, inspect.signature(type(transformer).forward))
+    return transformer.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 def apply_rsr(transformer: nn.Module, config: RSRConfig) -> nn.Module:

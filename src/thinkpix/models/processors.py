@@ -75,8 +75,13 @@ class RSRAttnProcessor(nn.Module):
 
     def _run(self, x: Tensor, base_qkv, attend) -> RSROutput:
         cap = self.capture
-        modulate = self.modulate if cap.shift is not None else None
-        out = self.rsr(x, cap.cond, base_qkv, attend, modulate, self._forced(x.shape[0], x.device))
+        if cap.cond is None or cap.shift is None:  # running on without them would compute something else
+            raise RuntimeError(
+                f"RSR layer {self.layer_index} found no captured block modulation / condition: the hooks "
+                "apply_rsr installs on the block did not run (the processor was called outside its block, or "
+                "moved to another model without apply_rsr)"
+            )
+        out = self.rsr(x, cap.cond, base_qkv, attend, self.modulate, self._forced(x.shape[0], x.device))
         self.last_steps, self.last_balance_loss = out.steps, out.balance_loss
         self.last_ponder_loss, self.last_steps_used = out.ponder_loss, out.steps_used
         if self.session.trace is not None:

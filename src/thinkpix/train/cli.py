@@ -34,7 +34,10 @@ def _add_run_options(p: argparse.ArgumentParser, default_preset: str) -> None:
     p.add_argument("--train-batch-size", type=int, default=None,
                    help="per-device batch (diffusers' meaning): --batch-size becomes this x "
                         "--gradient-accumulation-steps x processes")
-    p.add_argument("--resume-from-checkpoint", default=None, help="'latest' or a checkpoint folder")
+    p.add_argument("--resume-from-checkpoint", default=None,
+                   help="'latest', a checkpoint name in <output-dir>/checkpoints (checkpoint-20) or a folder")
+    p.add_argument("--overwrite-output-dir", action="store_true",
+                   help="start over in an --output-dir that holds another run's checkpoints (deletes them)")
     p.add_argument("--validation-prompt", action="append", default=None,
                    help="prompt (or class id for class models) sampled every --validation-steps; repeatable")
     p.add_argument("--report-to", default="tensorboard", choices=("tensorboard", "none"),
@@ -86,9 +89,10 @@ def _run_training(args: argparse.Namespace, target, data, cfg: TrainConfig) -> i
     from .loop import train
 
     result = train(target, data, cfg, args.output_dir, resume=args.resume_from_checkpoint,
-                   validation=_validation(args, data), report_to=None if args.report_to == "none" else args.report_to)
-    print(json.dumps({"step": result.step, "final_loss": result.losses[-1] if result.losses else None,
-                      "weights": str(result.final)}))
+                   validation=_validation(args, data), report_to=None if args.report_to == "none" else args.report_to,
+                   overwrite=args.overwrite_output_dir)
+    if result.main_process:  # one report per run, not one per process
+        print(json.dumps({"step": result.step, "final_loss": result.final_loss, "weights": str(result.final)}))
     return 0
 
 

@@ -34,6 +34,7 @@ METHODS = ("rsr", "sft", "full")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 LR_SCHEDULERS = ("constant", "linear", "cosine")
 RSR_FIELDS = tuple(f.name for f in fields(RSRConfig) if f.name != "seed")  # TrainConfig.seed seeds RSR too
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch here
 
 
 def _default_rsr() -> RSRConfig:
@@ -119,6 +120,9 @@ class TrainConfig:
         if self.lr_decay_steps is not None and self.lr_decay_steps > self.max_steps - self.lr_warmup_steps:
             fail(self, "lr_decay_steps", self.lr_decay_steps, f"at most max_steps - lr_warmup_steps = "
                  f"{self.max_steps - self.lr_warmup_steps} (the decay starts after the warm-up)")
+        if self.learning_rate / (1 - self.adam_beta1) > FLOAT32_MAX:  # AdamW's first step size overflows to inf
+            fail(self, "learning_rate", self.learning_rate, f"numbers whose first AdamW step, learning_rate / "
+                 f"(1 - adam_beta1), fits in float32 (below {FLOAT32_MAX * (1 - self.adam_beta1):.3g})")
         if self.fsdp and self.method == "full":
             fail(self, "fsdp", self.fsdp, "False with method 'full' (FSDP shards RSR/SFT fine-tuning of large hosts; "
                  "pretraining the small Shapes bases runs with DDP)")

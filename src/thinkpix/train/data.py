@@ -18,6 +18,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import UserError
+from ..images import rgb8
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -49,15 +52,18 @@ class ImageDataset:
 def _load_image(path: Path, size: int | None) -> np.ndarray:
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
-            if size is not None and img.size != (size, size):
-                img = img.resize((size, size), Image.BICUBIC)
-            return np.asarray(img, dtype=np.uint8)
+            rgb = rgb8(img)
     except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"unreadable image {path}: {err}") from None
+        raise UserError(f"unreadable image {path}: {err}") from None
+    if size is not None and rgb.shape[:2] != (size, size):
+        rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC), dtype=np.uint8)
+    return rgb
 
 
 def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
+    sizes = sorted({a.shape[:2] for a in arrays})
+    if len(sizes) > 1:
+        raise UserError(f"the images have different sizes {sizes[:4]}: pass --image-size to resize them")
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -68,12 +74,12 @@ def load_image_folder(root: str | Path, image_size: int | None = None, caption_c
     """
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"data folder {root} does not exist")
+        raise UserError(f"data folder {root} does not exist")
     if (root / "metadata.jsonl").is_file():
         return _load_captions(root, image_size, caption_column)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
-        raise ValueError(f"data folder {root} is empty: expected metadata.jsonl with images, or class sub-folders")
+        raise UserError(f"data folder {root} is empty: expected metadata.jsonl with images, or class sub-folders")
     arrays, labels = [], []
     for label, name in enumerate(classes):
         for path in sorted((root / name).iterdir()):
@@ -81,7 +87,7 @@ def load_image_folder(root: str | Path, image_size: int | None = None, caption_c
                 arrays.append(_load_image(path, image_size))
                 labels.append(label)
     if not arrays:
-        raise ValueError(f"data folder {root} has class folders but no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise UserError(f"data folder {root} has class folders but no images ({', '.join(IMAGE_SUFFIXES)})")
     return ImageDataset(_to_tensor(arrays), labels=torch.tensor(labels), class_names=classes)
 
 
@@ -93,17 +99,19 @@ def _load_captions(root: Path, image_size: int | None, caption_column: str) -> I
         try:
             record = json.loads(line)
             name, text = record["file_name"], record[caption_column]
-            if not isinstance(text, str):
-                raise TypeError(f"the {caption_column!r} column holds a {type(text).__name__}, not a string")
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(
+            raise UserError(
                 f"{root / 'metadata.jsonl'} line {line_no} is malformed ({err}): expected "
                 f'{{"file_name": ..., "{caption_column}": ...}} (the caption column is --caption-column)'
             ) from None
+        if not isinstance(text, str) or not isinstance(name, str):  # null would train on the caption "None"
+            raise UserError(f"{root / 'metadata.jsonl'} line {line_no}: \"file_name\" and \"{caption_column}\" must be "
+                            f"strings, "
+                            f"got {json.dumps(name)} and {json.dumps(text)} (use \"\" for an empty caption)")
         arrays.append(_load_image(root / name, image_size))
         captions.append(text)
     if not arrays:
-        raise ValueError(f"data folder {root} is empty: metadata.jsonl lists no images")
+        raise UserError(f"data folder {root} is empty: metadata.jsonl lists no images")
     return ImageDataset(_to_tensor(arrays), captions=captions)
 
 

@@ -13,6 +13,7 @@ uninterrupted one would be.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,19 +26,33 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ..core.stats import step_stats
+from ..errors import UserError
 from ..images import save_grid
 from ..models import apply_rsr, aux_loss, rsr_layers, save_rsr, set_step_checkpointing
 from ..models.checkpoint import rsr_state_dict
 from ..pipelines import TrainTarget
 from .config import TrainConfig
 from .data import ImageDataset, batch_indices
+from .interrupt import StopRequest, TrainingInterrupted
 from .objectives import flow_matching_loss, noise_prediction_loss, training_scheduler
+from .outdir import claim_output_dir
 from .sharding import gather, gather_optimizer_state, load_into, shard_optimizer_state, shard_transformer
-from .state import load_checkpoint, resolve_resume, save_checkpoint
+from .state import (
+    CHECKPOINTS,
+    all_finite,
+    check_resume_config,
+    last_finite_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+)
+
+logger = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or Inf; the last good checkpoint is kept."""
+class TrainingDiverged(UserError, RuntimeError):
+    """The loss, the gradient norm or the weights became NaN or Inf; the last finite checkpoint is named."""
 
 
 @dataclass
@@ -46,6 +61,14 @@ class TrainResult:
     step: int
     losses: list[float] = field(default_factory=list)
     final: Path | None = None
+    resumed_from: Path | None = None
+    resumed_loss: float | None = None  # the loss saved with the checkpoint resumed from
+    main_process: bool = True  # False on the other processes of a multi-process run (they write nothing)
+
+    @property
+    def final_loss(self) -> float | None:
+        """Loss of the last step trained, or of the checkpoint resumed from when nothing was left to train."""
+        return self.losses[-1] if self.losses else self.resumed_loss
 
 
 def _micro_seed(seed: int, micro_step: int, rank: int) -> int:
@@ -88,187 +111,216 @@ def _routing_scalars(target: TrainTarget) -> dict[str, float]:
     return scalars
 
 
-@dataclass
-class _Run:
-    """What one training run holds between steps (built by ``_prepare``)."""
+def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: str | Path, resume: str | None = None,
+          validation: list | None = None, report_to: str | None = "tensorboard", progress: bool = True,
+          overwrite: bool = False) -> TrainResult:
+    """Train ``target`` on ``data`` with ``cfg``; checkpoints and logs go under ``out_dir``.
 
-    accelerator: Accelerator
-    module: torch.nn.Module  # the transformer, DDP-wrapped unless sharded
-    named: dict[str, torch.nn.Parameter]
-    optimizer: torch.optim.Optimizer
-    ema: EMAModel | None
-    scheduler: object
-    micro_batch: int
-
-    @property
-    def params(self) -> list[torch.nn.Parameter]:
-        return list(self.named.values())
-
-
-def _accelerator(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: Path,
-                 report_to: str | None) -> Accelerator:
-    """The accelerator, after the checks that need the process count but no model work."""
+    ``resume``: ``"latest"``, a checkpoint name (``checkpoint-20``) or folder. The run locks ``out_dir``;
+    one that holds another run's checkpoints is refused unless ``resume`` continues it or ``overwrite``
+    clears it. Ctrl-C saves a checkpoint after the current step and raises ``TrainingInterrupted``.
+    """
+    out_dir = Path(out_dir)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=report_to, project_dir=str(out_dir),
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     world = accelerator.num_processes
     if cfg.batch_size % (cfg.gradient_accumulation_steps * world):
-        raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} must be divisible by gradient_accumulation_steps "
-                         f"x processes = {cfg.gradient_accumulation_steps * world}")
+        raise UserError(f"TrainConfig.batch_size={cfg.batch_size} must be divisible by gradient_accumulation_steps "
+                        f"x processes = {cfg.gradient_accumulation_steps * world}")
     if data.kind != target.kind:
-        raise ValueError(f"the model is {target.kind}-conditioned but the data folder is a {data.kind} folder")
+        raise UserError(f"the model is {target.kind}-conditioned but the data folder is a {data.kind} folder")
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise UserError("accelerate's FSDP plugin is not used by thinkpix: launch without it and pass --fsdp "
+                        "(TrainConfig.fsdp), which shards the blocks with FSDP2 itself (see train/sharding.py)")
     if data.kind == "class" and target.label_map is None:
         target.map_classes(data.class_names)
-    if accelerator.distributed_type == DistributedType.FSDP:
-        raise ValueError("accelerate's FSDP plugin is not used by thinkpix: launch without it and pass --fsdp "
-                         "(TrainConfig.fsdp), which shards the blocks with FSDP2 itself (see train/sharding.py)")
-    return accelerator
+    target.check_image_size(*data.images.shape[-2:])
+    validation = target.check_conditions(validation) if validation else None  # before training, not after
+    lock = claim_output_dir(out_dir, resume, overwrite) if accelerator.is_main_process else None
+    try:
+        run = _Run(target, data, cfg, out_dir, accelerator, report_to)
+        with StopRequest() as stop:
+            return run.loop(resume, validation, progress, stop)
+    finally:
+        if lock is not None:
+            lock.close()
 
 
-def _prepare(target: TrainTarget, cfg: TrainConfig, accelerator: Accelerator) -> _Run:
-    """Install the trainable parameters, the optimizer and the EMA, and hand them to accelerate."""
-    named = trainable_parameters(target, cfg)
-    for p in named.values():
-        p.data = p.data.float()  # trainable parameters in fp32 (mixed precision autocasts the compute)
-    if cfg.fsdp:
-        shard_transformer(target.transformer)
-        named = _rsr_named_parameters(target.transformer)  # sharding replaced them with DTensor parameters
-    params = list(named.values())
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.weight_decay)
-    ema = EMAModel(params, decay=cfg.ema_decay) if cfg.ema_decay else None
-    target.transformer.train()
-    if cfg.fsdp:  # FSDP2 reduces the gradients itself: no DDP wrapper around the sharded module
-        module, optimizer = target.transformer, accelerator.prepare(optimizer)
-    else:
-        module, optimizer = accelerator.prepare(target.transformer, optimizer)
-    return _Run(accelerator, module, named, optimizer, ema, training_scheduler(target.pipeline.scheduler),
-                cfg.batch_size // cfg.gradient_accumulation_steps)
+class _Run:
+    """One training run: the prepared model, optimizer and EMA, and what a step and a checkpoint do."""
 
-
-def _resume(run: _Run, ckpt_dir: Path, resume: str | None) -> int:
-    """Load the checkpoint ``resume`` names (``latest`` or a folder) into ``run``; the step to continue from."""
-    resume_from = resolve_resume(ckpt_dir, resume)
-    if resume_from is None:
-        return 0
-    step, tensors, ema_tensors = load_checkpoint(resume_from, run.optimizer)
-    shard_optimizer_state(run.optimizer)
-    missing = sorted(set(run.named) - set(tensors))
-    if missing:
-        raise ValueError(f"checkpoint {resume_from} does not match this run: no weights for {missing[:4]}")
-    load_into(run.named, tensors)
-    if run.ema is not None and ema_tensors is not None:
-        load_into(dict(zip(run.named, run.ema.shadow_params)), ema_tensors)
-        run.ema.optimization_step = step
-    return step
-
-
-def _micro_step(run: _Run, target: TrainTarget, data: ImageDataset, cfg: TrainConfig, k: int, step: int,
-                ckpt_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, backward and (at the last micro-step) the optimizer step of micro-step ``k``; (loss, balance)."""
-    accelerator = run.accelerator
-    seed = _micro_seed(cfg.seed, k, accelerator.process_index)
-    torch.manual_seed(seed)  # DiT's label dropout draws from the global RNG
-    if cfg.method != "full":
-        for layer, proc in rsr_layers(target.transformer).items():
-            proc.rsr.gate.manual_seed(seed + layer)
-    g = torch.Generator().manual_seed(seed)
-    index = batch_indices(len(data), run.micro_batch, k, cfg.seed, accelerator.process_index,
-                          accelerator.num_processes)
-    x0 = target.latents(data.pixels(index).to(accelerator.device), g)
-    if data.kind == "caption":
-        captions = [data.captions[i] for i in index.tolist()]
-        if cfg.condition_dropout:
-            drop = torch.rand(len(captions), generator=g) < cfg.condition_dropout
-            captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-        cond = target.conditions(captions=captions)
-    else:
-        cond = target.conditions(labels=data.labels[index].to(accelerator.device))
-
-    def forward(noisy, t):
-        kwargs = {k: (v.to(noisy.dtype) if v.is_floating_point() else v) for k, v in cond.items()}
-        return run.module(hidden_states=noisy, timestep=t, **kwargs).sample
-
-    with accelerator.accumulate(run.module), accelerator.autocast():
-        if isinstance(run.scheduler, FlowMatchEulerDiscreteScheduler):
-            loss = flow_matching_loss(forward, x0, run.scheduler, g, cfg.logit_mean, cfg.logit_std)
+    def __init__(self, target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: Path,
+                 accelerator: Accelerator, report_to: str | None):
+        self.target, self.data, self.cfg, self.out_dir = target, data, cfg, out_dir
+        self.accelerator, self.report_to = accelerator, report_to
+        self.ckpt_dir = out_dir / CHECKPOINTS
+        named = trainable_parameters(target, cfg)
+        for p in named.values():
+            p.data = p.data.float()  # trainable parameters in fp32 (mixed precision autocasts the compute)
+        if cfg.fsdp:
+            shard_transformer(target.transformer)
+            named = _rsr_named_parameters(target.transformer)  # sharding replaced them with DTensor parameters
+        self.named, self.params = named, list(named.values())
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                      weight_decay=cfg.weight_decay)
+        self.ema = EMAModel(self.params, decay=cfg.ema_decay) if cfg.ema_decay else None
+        target.transformer.train()
+        if cfg.fsdp:  # FSDP2 reduces the gradients itself: no DDP wrapper around the sharded module
+            self.module, self.optimizer = target.transformer, accelerator.prepare(optimizer)
         else:
-            loss = noise_prediction_loss(forward, x0, run.scheduler, g)
-        balance = aux_loss(target.transformer) if cfg.method != "full" else loss.new_zeros(())
-        if not math.isfinite(loss.item()):
-            last = resolve_resume(ckpt_dir, "latest")
-            raise TrainingDiverged(f"loss became {loss.item()} at step {step}: training stopped; "
-                                   f"last good checkpoint: {last or 'none yet'}")
-        accelerator.backward(loss + balance)
-        if accelerator.sync_gradients and accelerator.num_processes > 1 and target.train_text_encoder:
-            _average_outside_ddp(accelerator, run.named)
-        if accelerator.sync_gradients and cfg.max_grad_norm:
-            accelerator.clip_grad_norm_(run.params, cfg.max_grad_norm)
-        run.optimizer.step()
-        run.optimizer.zero_grad(set_to_none=True)
-    return loss, balance
+            self.module, self.optimizer = accelerator.prepare(target.transformer, optimizer)
+        self.scheduler = training_scheduler(target.pipeline.scheduler)
 
+    def resume(self, resume: str | None, result: TrainResult) -> int:
+        """Load the checkpoint ``resume`` names (if any) into the run; the step it continues from."""
+        path = resolve_resume(self.ckpt_dir, resume)
+        if path is None:
+            return 0
+        shapes = {name: tuple(p.shape) for name, p in self.named.items()}
+        meta, tensors, ema_tensors = load_checkpoint(path, self.optimizer, shapes)
+        check_resume_config(path, meta["config"], self.cfg, len(self.target.transformer.transformer_blocks))
+        shard_optimizer_state(self.optimizer)
+        load_into(self.named, tensors)
+        step = meta["step"]
+        if self.ema is not None and ema_tensors is not None:
+            load_into(dict(zip(self.named, self.ema.shadow_params)), ema_tensors)
+            self.ema.optimization_step = step
+        result.resumed_from, result.resumed_loss = path, meta.get("loss")
+        if self.accelerator.is_main_process:
+            left = f"training steps {step + 1}..{self.cfg.max_steps}" if step < self.cfg.max_steps else (
+                f"nothing left to train (max_steps={self.cfg.max_steps})")
+            logger.warning("resuming from %s (step %d): %s", path, step, left)
+        return step
 
-def _save_checkpoint(run: _Run, cfg: TrainConfig, ckpt_dir: Path, step: int) -> None:
-    """Gathered on every process (all-gathers under FSDP), written by the main one."""
-    run.accelerator.wait_for_everyone()
-    weights, opt_state = gather(run.named), gather_optimizer_state(run.optimizer.state_dict())
-    shadow = gather(dict(zip(run.named, run.ema.shadow_params))) if run.ema is not None else None
-    if run.accelerator.is_main_process:
-        save_checkpoint(ckpt_dir, step, weights, opt_state, cfg.to_dict(), shadow, keep=cfg.checkpoints_total_limit)
-
-
-def train(target: TrainTarget, data: ImageDataset, cfg: TrainConfig, out_dir: str | Path, resume: str | None = None,
-          validation: list | None = None, report_to: str | None = "tensorboard", progress: bool = True) -> TrainResult:
-    """Train ``target`` on ``data`` with ``cfg``; checkpoints and logs go under ``out_dir``."""
-    out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "checkpoints"
-    accelerator = _accelerator(target, data, cfg, out_dir, report_to)
-    run = _prepare(target, cfg, accelerator)
-    step = _resume(run, ckpt_dir, resume)
-    if report_to and accelerator.is_main_process:
-        accelerator.init_trackers("thinkpix", config={k: str(v) for k, v in cfg.to_dict().items()})
-    result = TrainResult(out_dir, step)
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and accelerator.is_local_main_process),
-               desc=f"train {cfg.method}", unit="step")
-    started = time.perf_counter()
-    while step < cfg.max_steps:
-        lr = cfg.lr_at(step)  # the run's schedule wins over any rate saved with the optimizer state
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
-        for micro in range(cfg.gradient_accumulation_steps):
-            loss, balance = _micro_step(run, target, data, cfg, step * cfg.gradient_accumulation_steps + micro, step,
-                                        ckpt_dir)
-        step += 1
-        if run.ema is not None:
-            run.ema.step(run.params)
-        result.losses.append(loss.item())
-        logs = {"train/loss": loss.item(), "train/balance_loss": balance.item(), "train/lr": lr}
+    def micro_step(self, step: int, micro: int):
+        """Forward and backward of micro-batch ``micro`` of optimizer step ``step``: (loss, balance loss)."""
+        cfg, target, accelerator = self.cfg, self.target, self.accelerator
+        world, rank = accelerator.num_processes, accelerator.process_index
+        k = step * cfg.gradient_accumulation_steps + micro
+        seed = _micro_seed(cfg.seed, k, rank)
+        torch.manual_seed(seed)  # DiT's label dropout draws from the global RNG
         if cfg.method != "full":
-            logs.update(_routing_scalars(target))
-        if report_to:
-            accelerator.log(logs, step=step)
-        elapsed = time.perf_counter() - started
-        bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{(step - result.step) * cfg.batch_size / elapsed:.1f}")
-        bar.update(1)
-        if step % cfg.checkpointing_steps == 0 or step == cfg.max_steps:
-            _save_checkpoint(run, cfg, ckpt_dir, step)
-        # a sharded model samples on every process (its forward is collective); the main one writes the grid
-        if validation and cfg.validation_steps and step % cfg.validation_steps == 0 and (
-                cfg.fsdp or accelerator.is_main_process):
-            _validate(target, validation, out_dir, step, accelerator if report_to else None,
-                      write=accelerator.is_main_process)
-    bar.close()
-    accelerator.wait_for_everyone()
-    if run.ema is not None:
-        run.ema.copy_to(run.params)  # the final weights are the EMA weights when EMA is on
-    final = gather(rsr_state_dict(target.transformer)) if cfg.method != "full" else None
-    if accelerator.is_main_process:
-        result.final = _save_final(target, cfg, out_dir, final)
-    for tracker in accelerator.trackers:  # not end_training(): it destroys the process group, and a library
-        tracker.finish()                   # caller may train again or sample sharded in the same processes
-    result.step = step
-    return result
+            for layer, proc in rsr_layers(target.transformer).items():
+                proc.rsr.gate.manual_seed(seed + layer)
+        g = torch.Generator().manual_seed(seed)
+        index = batch_indices(len(self.data), cfg.batch_size // cfg.gradient_accumulation_steps, k, cfg.seed, rank,
+                              world)
+        x0 = target.latents(self.data.pixels(index).to(accelerator.device), g)
+        if self.data.kind == "caption":
+            captions = [self.data.captions[i] for i in index.tolist()]
+            if cfg.condition_dropout:
+                drop = torch.rand(len(captions), generator=g) < cfg.condition_dropout
+                captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+            cond = target.conditions(captions=captions)
+        else:
+            cond = target.conditions(labels=self.data.labels[index].to(accelerator.device))
+
+        def forward(noisy, t):
+            kwargs = {k: (v.to(noisy.dtype) if v.is_floating_point() else v) for k, v in cond.items()}
+            return self.module(hidden_states=noisy, timestep=t, **kwargs).sample
+
+        with accelerator.accumulate(self.module), accelerator.autocast():
+            if isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
+                loss = flow_matching_loss(forward, x0, self.scheduler, g, cfg.logit_mean, cfg.logit_std)
+            else:
+                loss = noise_prediction_loss(forward, x0, self.scheduler, g)
+            balance = aux_loss(target.transformer) if cfg.method != "full" else loss.new_zeros(())
+            if not math.isfinite(loss.item()):
+                self.diverged(f"the loss became {loss.item()} at step {step}")
+            accelerator.backward(loss + balance)
+            if accelerator.sync_gradients and world > 1 and target.train_text_encoder:
+                _average_outside_ddp(accelerator, self.named)
+            if accelerator.sync_gradients and cfg.max_grad_norm:
+                norm = accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                if norm is not None and not math.isfinite(float(norm)):  # before the step spoils the weights
+                    self.diverged(f"the gradient norm became {float(norm)} at step {step}")
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss, balance
+
+    def diverged(self, what: str):
+        last = last_finite_checkpoint(self.ckpt_dir)
+        hint = f"resume from {last} with a lower learning rate" if last else "no finite checkpoint yet"
+        raise TrainingDiverged(f"training diverged: {what} (learning_rate={self.cfg.learning_rate:g}); {hint}")
+
+    def save(self, step: int, loss: float | None) -> Path:
+        """Checkpoint ``step`` (gathered on every process, all-gathers under FSDP; written by the main one),
+        after checking that the weights are finite: a checkpoint is always a state worth resuming."""
+        self.accelerator.wait_for_everyone()
+        weights, opt_state = gather(self.named), gather_optimizer_state(self.optimizer.state_dict())
+        shadow = gather(dict(zip(self.named, self.ema.shadow_params))) if self.ema is not None else None
+        if not all_finite(weights) or (shadow is not None and not all_finite(shadow)):
+            self.diverged(f"the weights became NaN or Inf at step {step}")
+        path = self.ckpt_dir / f"checkpoint-{step}"
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.ckpt_dir, step, weights, opt_state, self.cfg.to_dict(), shadow,
+                            keep=self.cfg.checkpoints_total_limit, loss=loss)
+        return path
+
+    def loop(self, resume: str | None, validation: list | None, progress: bool, stop: StopRequest) -> TrainResult:
+        cfg, target, accelerator = self.cfg, self.target, self.accelerator
+        result = TrainResult(self.out_dir, 0, main_process=accelerator.is_main_process)
+        step = result.step = self.resume(resume, result)
+        if self.report_to and accelerator.is_main_process:
+            accelerator.init_trackers("thinkpix", config={k: str(v) for k, v in cfg.to_dict().items()})
+        bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and accelerator.is_local_main_process),
+                   desc=f"train {cfg.method}", unit="step")
+        started = time.perf_counter()
+        try:
+            while step < cfg.max_steps:
+                lr = cfg.lr_at(step)  # the run's schedule wins over any rate saved with the optimizer state
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                for micro in range(cfg.gradient_accumulation_steps):
+                    loss, balance = self.micro_step(step, micro)
+                step += 1
+                if self.ema is not None:
+                    self.ema.step(self.params)
+                result.losses.append(loss.item())
+                self.log(step, loss, balance, lr)
+                bar.set_postfix(loss=f"{loss.item():.4f}",
+                                img_s=f"{(step - result.step) * cfg.batch_size / (time.perf_counter() - started):.1f}")
+                bar.update(1)
+                interrupted = stop.requested(accelerator)
+                if step % cfg.checkpointing_steps == 0 or step == cfg.max_steps or interrupted:
+                    saved = self.save(step, loss.item())
+                if interrupted:
+                    raise TrainingInterrupted(step, saved, saved=True)
+                # a sharded model samples on every process (its forward is collective); the main one writes
+                if validation and cfg.validation_steps and step % cfg.validation_steps == 0 and (
+                        cfg.fsdp or accelerator.is_main_process):
+                    _validate(target, validation, self.out_dir, step, accelerator if self.report_to else None,
+                              write=accelerator.is_main_process)
+        except KeyboardInterrupt as err:  # a second Ctrl-C: stop now, the newest checkpoint is the resume point
+            if isinstance(err, TrainingInterrupted):
+                raise
+            newest = list_checkpoints(self.ckpt_dir)
+            raise TrainingInterrupted(step, newest[-1][1] if newest else None, saved=False) from None
+        finally:
+            bar.close()
+        return self.finish(step, result)
+
+    def log(self, step: int, loss, balance, lr: float) -> None:
+        if not self.report_to:
+            return
+        logs = {"train/loss": loss.item(), "train/balance_loss": balance.item(), "train/lr": lr}
+        if self.cfg.method != "full":
+            logs.update(_routing_scalars(self.target))
+        self.accelerator.log(logs, step=step)
+
+    def finish(self, step: int, result: TrainResult) -> TrainResult:
+        accelerator, cfg = self.accelerator, self.cfg
+        accelerator.wait_for_everyone()
+        if self.ema is not None:
+            self.ema.copy_to(self.params)  # the final weights are the EMA weights when EMA is on
+        final = gather(rsr_state_dict(self.target.transformer)) if cfg.method != "full" else None
+        if accelerator.is_main_process:
+            result.final = _save_final(self.target, cfg, self.out_dir, final)
+        for tracker in accelerator.trackers:  # not end_training(): it destroys the process group, and a library
+            tracker.finish()                   # caller may train again or sample sharded in the same processes
+        result.step = step
+        return result
 
 
 def _average_outside_ddp(accelerator: Accelerator, named: dict[str, torch.nn.Parameter]) -> None:
