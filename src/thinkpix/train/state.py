@@ -173,7 +173,8 @@ def check_resume_config(path: Path, saved: dict, config: TrainConfig, num_blocks
     """Refuse a resume whose config changes a field that shapes the model (``MODEL_FIELDS``); layers are
     compared as block indices of this ``num_blocks``-block transformer ("middle" and its index agree)."""
     current = config.to_dict()
-    current, saved = {**current, **current["rsr"]}, {**saved, **saved.get("rsr", {})}  # RSR fields by their names
+    # RSR fields by their own names (a flat config, written before TrainConfig held an RSRConfig, has them on top)
+    current, saved = {**current["rsr"], **current}, {**saved.get("rsr", {}), **saved}
     for name in MODEL_FIELDS.get(config.method, ("method",)):
         if name not in saved:
             continue
