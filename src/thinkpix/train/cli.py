@@ -86,7 +86,7 @@ def _validation(args: argparse.Namespace, data) -> list | None:
 
 
 def _run_training(args: argparse.Namespace, target, data, cfg: TrainConfig) -> int:
-    from .loop import train
+    from . import train  # thinkpix.train.train, looked up on the package (where callers may wrap it)
 
     result = train(target, data, cfg, args.output_dir, resume=args.resume_from_checkpoint,
                    validation=_validation(args, data), report_to=None if args.report_to == "none" else args.report_to,
