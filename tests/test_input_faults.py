@@ -19,7 +19,7 @@ from thinkpix.eval.geneval import generate_geneval, score_geneval_folder
 from thinkpix.models import apply_rsr, load_rsr, rsr_layers, save_rsr
 from thinkpix.shapes import ShapesTextToImagePipeline, evaluation_metadata
 from thinkpix.train import TrainTarget, load_image_folder, load_pipeline
-from tiny import dit_inputs, sd3_inputs, tiny_dit, tiny_dit_pipeline, tiny_sd3
+from tiny import dit_inputs, flux_inputs, sd3_inputs, tiny_dit, tiny_dit_pipeline, tiny_flux, tiny_sd3
 
 CONFIG = RSRConfig(num_experts=2, latent_steps=2, rank=4, layers=(1,))
 
@@ -161,7 +161,8 @@ def test_a_tampered_rank_is_refused_before_anything_is_allocated(tmp_path):
     assert not hasattr(fresh, "_rsr_install")
 
 
-@pytest.mark.parametrize(("make", "inputs"), [(tiny_sd3, sd3_inputs), (tiny_dit, dit_inputs)], ids=["sd3", "dit"])
+@pytest.mark.parametrize(("make", "inputs"), [(tiny_sd3, sd3_inputs), (tiny_dit, dit_inputs), (tiny_flux, flux_inputs)],
+                         ids=["sd3", "dit", "flux"])
 def test_a_deep_copy_of_an_rsr_model_computes_the_same(tmp_path, make, inputs):
     """How DiT-style loops make their EMA copy: the copy's hooks must fill the copy's captures."""
     model = make(tmp_path / "m")

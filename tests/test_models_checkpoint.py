@@ -4,16 +4,19 @@ import pytest
 import torch
 from diffusers import SD3Transformer2DModel
 
-from test_models_hosts import perturb_experts
+from test_models_hosts import HOSTS, perturb_experts
 from thinkpix import RSRConfig, apply_rsr, export_lora, load_rsr, save_rsr
 from thinkpix.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from thinkpix.models.hosts import rsr_install
-from tiny import dit_inputs, sd3_inputs, tiny_dit, tiny_sd3
+from tiny import sd3_inputs, tiny_dit, tiny_sd3
+
+SD35 = dict(qk_norm="rms_norm", dual_attention_layers=(0, 1))
 
 
-@pytest.mark.parametrize("kind", ["sd3", "dit"])
+@pytest.mark.parametrize("kind", list(HOSTS))
 def test_save_then_load_into_a_fresh_model_gives_identical_outputs(tmp_path, kind):
-    build, inputs = (tiny_sd3, sd3_inputs()) if kind == "sd3" else (tiny_dit, dit_inputs())
+    build, inputs = HOSTS[kind]
+    inputs = inputs()
     model = build(tmp_path / "a")
     apply_rsr(model, RSRConfig(num_experts=3, latent_steps=2, rank=4, layers=(1, 3), seed=5))
     perturb_experts(model)
@@ -98,17 +101,24 @@ def test_save_is_atomic_when_interrupted(tmp_path, sd3_checkpoint, monkeypatch):
     assert sorted(p.name for p in sd3_checkpoint.iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME])
 
 
-def test_export_lora_loads_into_a_plain_model_through_diffusers(tmp_path):
+@pytest.mark.parametrize("overrides", [{}, SD35], ids=["sd3", "sd35"])
+def test_export_lora_loads_into_a_plain_model_through_diffusers(tmp_path, overrides):
     from tiny import tiny_sd3_pipeline
 
-    pipe = tiny_sd3_pipeline(tmp_path / "pipe")
-    inputs = sd3_inputs()
+    pipe = tiny_sd3_pipeline(tmp_path / "pipe", **overrides)
     plain = SD3Transformer2DModel.from_pretrained(tmp_path / "pipe" / "pipe" / "transformer").eval()
-    apply_rsr(pipe.transformer, RSRConfig(num_experts=1, latent_steps=1, rank=4, alpha=8, layers=(0, 3)))
+    check_lora_export(pipe, plain, sd3_inputs(), tmp_path / "lora", layers=(0, 3))
+
+
+def check_lora_export(pipe, plain, inputs, folder, layers):
+    """An M=1, T=1 RSR on ``layers`` of ``pipe.transformer``, exported and loaded into the plain base through the
+    pipeline's own ``load_lora_weights``, gives the RSR model's output."""
+    apply_rsr(pipe.transformer, RSRConfig(num_experts=1, latent_steps=1, rank=4, alpha=8, layers=layers))
     perturb_experts(pipe.transformer, scale=0.2)
     with torch.no_grad():
         ref = pipe.transformer(**inputs).sample
-    lora_file = export_lora(pipe.transformer, tmp_path / "lora")
+        assert (ref - plain(**inputs).sample).abs().max() > 1e-3
+    lora_file = export_lora(pipe.transformer, folder)
     pipe.transformer = plain
     pipe.load_lora_weights(lora_file.parent, weight_name=lora_file.name)
     with torch.no_grad():

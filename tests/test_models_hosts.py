@@ -1,17 +1,23 @@
 """RSR installed in real diffusers SD3 and DiT transformers (tiny random configs, re-loaded from disk)."""
 
+from functools import partial
+
 import pytest
 import torch
 from diffusers import UNet2DModel
 
 import thinkpix
 from thinkpix import RSRConfig, apply_rsr, aux_loss, remove_rsr, rsr_layers, rsr_parameters
-from tiny import dit_inputs, sd3_inputs, tiny_dit, tiny_sd3
+from tiny import dit_inputs, flux_inputs, sd3_inputs, tiny_dit, tiny_flux, tiny_sd3
 
-HOSTS = {"sd3": (tiny_sd3, sd3_inputs), "dit": (tiny_dit, dit_inputs)}
+# SD3.5: RMS-normed Q/K and blocks 0-1 with a second, vision-only attention (attn2, left to the base)
+tiny_sd35 = partial(tiny_sd3, qk_norm="rms_norm", dual_attention_layers=(0, 1))
+# FLUX: blocks 0-1 double-stream, 2-3 single-stream (RSRConfig.layers count both, in execution order)
+HOSTS = {"sd3": (tiny_sd3, sd3_inputs), "sd35": (tiny_sd35, sd3_inputs), "dit": (tiny_dit, dit_inputs),
+         "flux": (tiny_flux, flux_inputs)}
 
 
-@pytest.fixture(params=["sd3", "dit"])
+@pytest.fixture(params=list(HOSTS))
 def host(request, tmp_path):
     build, inputs = HOSTS[request.param]
     return request.param, build(tmp_path / request.param), inputs()
@@ -146,3 +152,24 @@ def test_unsupported_models_and_layers_are_rejected(tmp_path):
     apply_rsr(model, RSRConfig(rank=4, layers=(1,)))
     with pytest.raises(ValueError, match="already installed"):
         apply_rsr(model, RSRConfig(rank=4, layers=(2,)))
+
+
+def test_sd35_routes_the_joint_attention_and_leaves_attn2_to_the_base(tmp_path):
+    model = tiny_sd35(tmp_path / "m")
+    block = model.transformer_blocks[0]
+    second = block.attn2.processor
+    assert type(block.attn.norm_q).__name__ == "RMSNorm" and block.norm1.linear.out_features == 9 * 32
+    apply_rsr(model, RSRConfig(rank=4, layers=(0, 3)))
+    assert isinstance(block.attn.processor, thinkpix.models.processors.RSRJointAttnProcessor)
+    assert block.attn2.processor is second
+
+
+def test_a_host_spec_names_a_bad_kind_and_a_missing_prompt_encoder():
+    from dataclasses import replace
+
+    from thinkpix.models.specs import DIT, SD3
+
+    with pytest.raises(ValueError, match=r"HostSpec.kind='text' is invalid: allowed values are 'caption' or 'class'"):
+        replace(DIT, kind="text")
+    with pytest.raises(ValueError, match="kind='caption' needs encode_prompts"):
+        replace(SD3, encode_prompts=None)

@@ -4,9 +4,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_models_hosts import perturb_experts
+from test_models_hosts import HOSTS, perturb_experts
 from thinkpix import RSRConfig, apply_rsr, force_routing, routing_trace, rsr_layers
 from tiny import dit_inputs, sd3_inputs, tiny_dit, tiny_sd3
+
+
+def rms(t, norm):
+    """RMS norm over the last dim, written out (diffusers' and torch's RMSNorm both compute this)."""
+    return t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight
+
+
+def head_norm(t, norm, heads):
+    """A per-head Q/K norm (SD3.5's ``qk_norm="rms_norm"``) on (B, N, D) projections; none when ``norm`` is None."""
+    return t if norm is None else rms(t.unflatten(-1, (heads, -1)), norm).flatten(2)
 
 
 def hand_attention(q, k, v, heads):
@@ -18,55 +28,63 @@ def hand_attention(q, k, v, heads):
     return (w @ v).transpose(1, 2).reshape(b, -1, d)
 
 
-def paper_equations(block, attn, x, c, cond, route, proc):
+def expert_updates(proc, h, experts):
+    """LoRA updates (3, B, N, D) when every token of sample b uses expert experts[b]."""
+    bank, cfg = proc.rsr.experts, proc.rsr.config
+    out = torch.zeros(3, *h.shape)
+    for b, e in enumerate(experts.tolist()):
+        f = bank.expert_weights(e)
+        for j, name in enumerate("qkv"):
+            a, bb = f[name]
+            out[j, b] = h[b] @ a.t() @ bb.t() * cfg.scaling
+    return out
+
+
+def forced_recursion(attn, x, route, modulate, attend, proc):
     """Sec. 3.3 for a forced route: LoRA-only intermediate steps, residual to x~, base only at step T."""
+    state, steps = x, route.shape[1]
+    for t in range(steps):
+        h = x if t == 0 else modulate(state)
+        d = expert_updates(proc, h, route[:, t])
+        if t == steps - 1:
+            return attend(attn.to_q(x) + d[0], attn.to_k(x) + d[1], attn.to_v(x) + d[2])
+        state = attend(*d)[0] + x
+
+
+def paper_equations(block, attn, x, c, cond, route, proc):
+    """The paper's equations in an SD3 or DiT block, attention written out."""
     emb = block.norm1.linear(F.silu(cond))
     shift, scale = emb.chunk(emb.shape[1] // x.shape[-1], dim=1)[:2]
     modulate = lambda s: F.layer_norm(s, s.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
-    bank, cfg = proc.rsr.experts, proc.rsr.config
-    text = None if c is None else (attn.add_q_proj(c), attn.add_k_proj(c), attn.add_v_proj(c))
-
-    def lora(h, experts):  # every token uses expert experts[b]
-        out = torch.zeros(3, *h.shape)
-        for b, e in enumerate(experts.tolist()):
-            f = bank.expert_weights(e)
-            for j, name in enumerate("qkv"):
-                a, bb = f[name]
-                out[j, b] = h[b] @ a.t() @ bb.t() * cfg.scaling
-        return out
+    text = None if c is None else (head_norm(attn.add_q_proj(c), attn.norm_added_q, attn.heads),
+                                   head_norm(attn.add_k_proj(c), attn.norm_added_k, attn.heads), attn.add_v_proj(c))
 
     def attend(q, k, v):
         n = q.shape[1]
+        q, k = head_norm(q, attn.norm_q, attn.heads), head_norm(k, attn.norm_k, attn.heads)
         if text is not None:
             q, k, v = (torch.cat([p, t], 1) for p, t in zip((q, k, v), text))
         out = hand_attention(q, k, v, attn.heads)
         return out[:, :n], out[:, n:]
 
-    state, steps = x, route.shape[1]
-    for t in range(steps):
-        h = x if t == 0 else modulate(state)
-        d = lora(h, route[:, t])
-        if t == steps - 1:
-            a_x, a_c = attend(attn.to_q(x) + d[0], attn.to_k(x) + d[1], attn.to_v(x) + d[2])
-            break
-        state = attend(*d)[0] + x
+    a_x, a_c = forced_recursion(attn, x, route, modulate, attend, proc)
     a_x = attn.to_out[0](a_x)
     if c is None:
         return a_x, None
     return a_x, (a_c if attn.context_pre_only else attn.to_add_out(a_c))
 
 
-@pytest.mark.parametrize("kind", ["sd3", "dit"])
-@pytest.mark.parametrize("layer", [1, 3])
+@pytest.mark.parametrize("kind", ["sd3", "sd35", "dit"])
+@pytest.mark.parametrize("layer", [1, 3])  # SD3.5: block 1 also has the vision-only attn2
 def test_forced_route_equals_the_paper_equations(tmp_path, kind, layer):
-    model = tiny_sd3(tmp_path / "m") if kind == "sd3" else tiny_dit(tmp_path / "m")
-    inputs = sd3_inputs() if kind == "sd3" else dit_inputs()
+    build, inputs = HOSTS[kind]
+    model, inputs = build(tmp_path / "m"), inputs()
     apply_rsr(model, RSRConfig(num_experts=3, latent_steps=3, rank=4, layers=(layer,)))
     perturb_experts(model, scale=0.3)
     block = model.transformer_blocks[layer]
-    attn = block.attn if kind == "sd3" else block.attn1
+    attn = block.attn1 if kind == "dit" else block.attn
     seen = {}
-    if kind == "sd3":
+    if kind != "dit":
         block.register_forward_pre_hook(lambda m, a, kw: seen.update(cond=kw["temb"]), with_kwargs=True)
     else:
         block.norm1.emb.register_forward_hook(lambda m, i, o: seen.update(cond=o))

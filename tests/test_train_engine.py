@@ -17,7 +17,7 @@ from thinkpix.cli import main
 from thinkpix.models.checkpoint import rsr_state_dict
 from thinkpix.train import TrainConfig, TrainingDiverged, TrainTarget, load_image_folder, load_pipeline, train
 from thinkpix.train.state import list_checkpoints
-from tiny import tiny_dit_pipeline, tiny_sd3_pipeline
+from tiny import tiny_dit_pipeline, tiny_flux_pipeline, tiny_sd3_pipeline
 
 
 def caption_folder(root: Path, n: int = 8, size: int = 16) -> Path:
@@ -124,17 +124,31 @@ def test_two_process_pretraining_keeps_the_text_encoder_identical(tmp_path):
     assert any(not torch.equal(p, rank0[k]) for k, p in scratch.text_encoder.state_dict().items())  # it trained
 
 
+def fsdp_runs(pipe_dir, data_dir, out, *extra):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(Path(__file__).parent / "fsdp_worker.py"), str(pipe_dir), str(data_dir), str(out), *extra]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return (load_file(str(out / f"{run}-rank0.safetensors")) for run in ("fsdp", "split", "ddp"))
+
+
+@pytest.mark.slow
+def test_fsdp_shards_flux_double_and_single_stream_blocks(tmp_path):
+    """FLUX's FSDP units (HostSpec.fsdp_units: every double- and single-stream block) train as DDP does."""
+    tiny_flux_pipeline(tmp_path)
+    fsdp, split, ddp = fsdp_runs(tmp_path / "pipe", caption_folder(tmp_path / "data"), tmp_path, "caption")
+    assert {k.split(".")[1] for k in fsdp} == {"1", "3"}  # a double- and a single-stream block
+    assert all(torch.equal(fsdp[k], split[k]) for k in fsdp)
+    assert all(torch.allclose(fsdp[k], ddp[k], rtol=1e-4, atol=1e-6) for k in fsdp)
+
+
 def test_fsdp_matches_ddp_and_resumes_bit_identically(dit_setup, tmp_path):
     """FSDP2 over 2 gloo processes (train/sharding.py) on a real DiT, whose block 0 embedding is read outside
     its forward: trains, checkpoints full-size safetensors, resumes exactly, and equals DDP up to rounding."""
     pipe_dir, data_dir = dit_setup
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(Path(__file__).parent / "fsdp_worker.py"), str(pipe_dir), str(data_dir), str(tmp_path)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    fsdp, split, ddp = (load_file(str(tmp_path / f"{run}-rank0.safetensors")) for run in ("fsdp", "split", "ddp"))
+    fsdp, split, ddp = fsdp_runs(pipe_dir, data_dir, tmp_path)
     assert fsdp.keys() == split.keys() == ddp.keys()
     assert all(torch.equal(fsdp[k], split[k]) for k in fsdp)  # kill-and-resume under FSDP is exact
     assert all(torch.allclose(fsdp[k], ddp[k], rtol=1e-4, atol=1e-6) for k in fsdp)  # same training as DDP
@@ -226,3 +240,23 @@ def test_learning_rate_schedules_follow_diffusers_and_warmup_stable_decay():
 def test_bad_learning_rate_schedules_are_refused_by_name(fields, pattern):
     with pytest.raises(ValueError, match=pattern):
         TrainConfig(**fields)
+
+
+def test_finetune_cli_runs_on_a_saved_flux_pipeline(tmp_path, capsys):
+    """FLUX.1 (tiny CLIP + T5 text encoders, random configs): routed double- and single-stream blocks train
+    through packed latents, and the weights load back for sampling."""
+    tiny_flux_pipeline(tmp_path)
+    data = caption_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    code = main(["finetune", "--pretrained-model-name-or-path", str(tmp_path / "pipe"), "--train-data-dir", str(data),
+                 "--output-dir", str(out), "--rank", "4", "--layers", "1,2", "--num-experts", "2", "--batch-size", "2",
+                 "--max-steps", "2", "--checkpointing-steps", "2", "--validation-steps", "0", "--report-to", "none"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["step"] == 2 and np.isfinite(report["final_loss"])
+    weights = load_file(str(Path(report["weights"], "rsr_weights.safetensors")))
+    assert {k.split(".")[1] for k in weights} == {"1", "2"}
+    assert all(weights[f"layers.{i}.experts.lora_B"].abs().sum() > 0 for i in (1, 2))  # both block kinds trained
+    code = main(["sample", "--model", str(tmp_path / "pipe"), "--rsr", report["weights"], "--out", str(tmp_path / "s"),
+                 "--num-inference-steps", "2", "--prompt", "a cat"])
+    assert code == 0 and (tmp_path / "s" / "grid.png").is_file()

@@ -1,10 +1,10 @@
 """The pipeline handle shared by training, sampling, evaluation and analysis: a loaded pipeline, its
 transformer, how a batch becomes model inputs, and seeded sampling.
 
-Supported pipelines (read from ``model_index.json``): ``StableDiffusion3Pipeline`` and the Shapes
-text-to-image pipeline (conditioned on captions, rectified flow), ``DiTPipeline`` and the Shapes
-class pipeline (conditioned on class ids, noise prediction). A pipeline with a VAE is trained in
-its latent space, the Shapes pipelines in pixel space.
+Supported pipelines (read from ``model_index.json``) are those of the hosts' ``HostSpec``s:
+``StableDiffusion3Pipeline``, ``FluxPipeline`` and the Shapes text-to-image pipeline (conditioned on
+captions, rectified flow), ``DiTPipeline`` and the Shapes class pipeline (conditioned on class ids, noise
+prediction). A pipeline with a VAE is trained in its latent space, the Shapes pipelines in pixel space.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from safetensors import SafetensorError
 from torch import Tensor
 
 from .errors import UserError, check_positive_int
+from .models.specs import HOST_SPECS, host_spec
 
-TEXT_PIPELINES = ("StableDiffusion3Pipeline", "ShapesTextToImagePipeline")
-CLASS_PIPELINES = ("DiTPipeline", "ShapesClassPipeline")
+TEXT_PIPELINES = tuple(name for spec in HOST_SPECS if spec.kind == "caption" for name in spec.pipelines)
+CLASS_PIPELINES = tuple(name for spec in HOST_SPECS if spec.kind == "class" for name in spec.pipelines)
 ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED = {"shapes-t2i": ASSETS / "shapes-t2i", "shapes-class": ASSETS / "shapes-class"}
 
@@ -115,7 +116,12 @@ class TrainTarget:
 
     @property
     def kind(self) -> str:
-        return "caption" if type(self.pipeline).__name__ in TEXT_PIPELINES else "class"
+        return host_spec(self.transformer).kind
+
+    def denoise(self, module, noisy: Tensor, timestep: Tensor, conditions: dict[str, Tensor]) -> Tensor:
+        """``module`` (the transformer, possibly wrapped for DDP) on latents ``noisy`` (B, C, H, W) at scheduler
+        timesteps, called the way its host takes inputs (``HostSpec.denoise``: FLUX packs 2x2 patches)."""
+        return host_spec(self.transformer).denoise(module, self.transformer.config, noisy, timestep, conditions)
 
     @property
     def vae(self):
@@ -134,12 +140,9 @@ class TrainTarget:
 
     def text_conditions(self, captions: list[str]) -> dict[str, Tensor]:
         """Prompt embeddings; differentiable only while the text encoder trains (``train_text_encoder``)."""
-        is_sd3 = type(self.pipeline).__name__ == "StableDiffusion3Pipeline"
-        extra = {"prompt_2": None, "prompt_3": None} if is_sd3 else {}
         with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
-            embeds, _, pooled, _ = self.pipeline.encode_prompt(prompt=captions, do_classifier_free_guidance=False,
-                                                               **extra)
-        return {"encoder_hidden_states": embeds.float(), "pooled_projections": pooled.float()}
+            conditions = host_spec(self.transformer).encode_prompts(self.pipeline, captions)
+        return {name: value.float() for name, value in conditions.items()}
 
     def conditions(self, captions: list[str] | None = None, labels: Tensor | None = None) -> dict[str, Tensor]:
         if self.kind == "caption":

@@ -16,11 +16,20 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from diffusers import DiTTransformer2DModel, SD3Transformer2DModel
+from diffusers import DiTTransformer2DModel
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..models.hosts import check_supported
+
+
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# torch's counter has formulas for the GPU attention kernels only: SDPA's CPU flash kernel would count as zero
+# (the meta device decomposes SDPA into counted bmm's instead), so it is counted with torch's SDPA formula.
+CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
 
 
 class FlopReport(NamedTuple):
@@ -28,32 +37,25 @@ class FlopReport(NamedTuple):
     rsr: int  # of which inside RSR processors (experts, gates, recursive attention)
 
 
-def default_inputs(transformer: nn.Module, batch_size: int = 1, text_length: int = 77,
+def default_inputs(transformer: nn.Module, batch_size: int = 1, text_length: int | None = None,
                    sample_size: int | None = None) -> dict[str, torch.Tensor]:
-    """Inputs of the configured sample size (zeros; the count does not depend on values, routes aside)."""
-    check_supported(transformer)
-    cfg = transformer.config
-    size = sample_size or cfg.sample_size
-    device, dtype = transformer.device, transformer.dtype
-    inputs = {"hidden_states": torch.zeros(batch_size, cfg.in_channels, size, size, device=device, dtype=dtype),
-              "timestep": torch.full((batch_size,), 500, device=device)}
-    if isinstance(transformer, SD3Transformer2DModel):
-        inputs["encoder_hidden_states"] = torch.zeros(batch_size, text_length, cfg.joint_attention_dim,
-                                                      device=device, dtype=dtype)
-        inputs["pooled_projections"] = torch.zeros(batch_size, cfg.pooled_projection_dim, device=device, dtype=dtype)
-    else:
-        inputs["class_labels"] = torch.zeros(batch_size, dtype=torch.long, device=device)
-    return inputs
+    """Inputs of the configured sample size (zeros; the count does not depend on values, routes aside), as the
+    host's ``HostSpec`` builds them; ``text_length`` defaults to the host's (77 for SD3, 512 for FLUX)."""
+    spec = check_supported(transformer)
+    length = spec.text_length if text_length is None else text_length
+    return spec.default_inputs(transformer, batch_size, length, sample_size)
 
 
-def flops(transformer: nn.Module, batch_size: int = 1, text_length: int = 77, **inputs) -> FlopReport:
-    """Multiply-adds of one forward pass of ``transformer`` (SD3 or DiT, with or without RSR).
+def flops(transformer: nn.Module, batch_size: int = 1, text_length: int | None = None,
+          sample_size: int | None = None, **inputs) -> FlopReport:
+    """Multiply-adds of one forward pass of ``transformer`` (any supported host, with or without RSR).
 
-    Without ``inputs`` it uses zero inputs at the model's configured sample size (``text_length``
-    text tokens for SD3); give real inputs to count the routes and halts they produce.
+    Without ``inputs`` it uses zero inputs at the model's configured (or the given latent) sample size, with
+    ``text_length`` text tokens for a text-conditioned host; give real inputs to count the routes and halts
+    they produce.
     """
-    inputs = inputs or default_inputs(transformer, batch_size, text_length)
-    counter = FlopCounterMode(display=False, depth=None)
+    inputs = inputs or default_inputs(transformer, batch_size, text_length, sample_size)
+    counter = FlopCounterMode(display=False, depth=None, custom_mapping=CPU_ATTENTION)
     with torch.no_grad(), counter:
         transformer(**inputs)
     counts = counter.get_flop_counts()

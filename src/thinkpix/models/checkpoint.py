@@ -11,8 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import diffusers
 import torch
-from diffusers import SD3Transformer2DModel
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -20,7 +20,17 @@ from torch import nn
 from ..core.config import RSRConfig
 from ..core.recursion import RecursiveSparseReasoning
 from ..files import publish_mode
-from .hosts import _require_install, apply_rsr, check_layers, check_supported, remove_rsr, rsr_install, rsr_layers
+from .hosts import (
+    _require_install,
+    apply_rsr,
+    check_layers,
+    check_supported,
+    num_blocks,
+    remove_rsr,
+    rsr_install,
+    rsr_layers,
+)
+from .specs import host_spec
 
 CONFIG_NAME = "rsr_config.json"
 WEIGHTS_NAME = "rsr_weights.safetensors"
@@ -40,8 +50,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def _width(transformer: nn.Module, layer: int) -> int:
-    block = transformer.transformer_blocks[layer]
-    return (block.attn if isinstance(transformer, SD3Transformer2DModel) else block.attn1).to_q.in_features
+    return host_spec(transformer).site(transformer, layer).attention.to_q.in_features
 
 
 def rsr_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
@@ -62,7 +71,7 @@ def save_rsr(transformer: nn.Module, path: str | os.PathLike, tensors: dict[str,
         "format": "pt",
         "thinkpix_model_class": type(transformer).__name__,
         "thinkpix_width": str(_width(transformer, install.config.layers[0])),
-        "thinkpix_num_blocks": str(len(transformer.transformer_blocks)),
+        "thinkpix_num_blocks": str(num_blocks(transformer)),
     }
     tensors = rsr_state_dict(transformer) if tensors is None else tensors
     _atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
@@ -156,7 +165,8 @@ def load_rsr(transformer: nn.Module, path: str | os.PathLike) -> nn.Module:
 
 
 def export_lora(transformer: nn.Module, path: str | os.PathLike) -> Path:
-    """Write an M=1, T=1 RSR (plain LoRA SFT) as a diffusers LoRA file for ``load_lora_weights``.
+    """Write an M=1, T=1 RSR (plain LoRA SFT) as a diffusers LoRA file for ``load_lora_weights`` of the host's
+    pipeline (``StableDiffusion3Pipeline``, ``FluxPipeline``).
 
     The LoRA scale ``alpha / r`` is folded into B, so the file loads with the default alpha = r.
     """
@@ -167,22 +177,25 @@ def export_lora(transformer: nn.Module, path: str | os.PathLike) -> Path:
             f"export_lora needs num_experts=1 and latent_steps=1 (plain LoRA), got M={cfg.num_experts}, "
             f"T={cfg.latent_steps}: use save_rsr for routed experts"
         )
-    if not isinstance(transformer, SD3Transformer2DModel):
-        raise TypeError(f"{type(transformer).__name__} has no diffusers LoRA loader; use save_rsr / load_rsr")
-    from diffusers import StableDiffusion3Pipeline
-
+    spec = host_spec(transformer)
+    if spec.lora_pipeline is None:
+        raise TypeError(f"{spec.name} has no diffusers LoRA loader; use save_rsr / load_rsr")
     layers = {}
     for i, proc in rsr_layers(transformer).items():
+        stem = spec.site(transformer, i).lora_module
+        if stem is None:
+            raise ValueError(f"export_lora cannot write block {i} of {spec.name}: RSR there routes the image tokens "
+                             "only, and a diffusers LoRA on its projections would change every token; use save_rsr")
         for name, (a, b) in proc.rsr.experts.expert_weights(0).items():
-            stem = f"transformer_blocks.{i}.attn.to_{name}"
-            layers[f"{stem}.lora_A.weight"] = a.clone()
-            layers[f"{stem}.lora_B.weight"] = (b * cfg.scaling).clone()
+            layers[f"{stem}.to_{name}.lora_A.weight"] = a.clone()
+            layers[f"{stem}.to_{name}.lora_B.weight"] = (b * cfg.scaling).clone()
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     targets = sorted({k.rsplit(".lora", 1)[0] for k in layers})
     metadata = {"r": cfg.rank, "lora_alpha": cfg.rank, "target_modules": targets}
-    StableDiffusion3Pipeline.save_lora_weights(out, transformer_lora_layers=layers, weight_name=LORA_WEIGHTS_NAME,
-                                               transformer_lora_adapter_metadata=metadata)
+    pipeline = getattr(diffusers, spec.lora_pipeline)
+    pipeline.save_lora_weights(out, transformer_lora_layers=layers, weight_name=LORA_WEIGHTS_NAME,
+                               transformer_lora_adapter_metadata=metadata)
     return out / LORA_WEIGHTS_NAME
 
 

@@ -1,11 +1,8 @@
 """Installing RSR into diffusers transformers: ``apply_rsr``, ``remove_rsr``, ``rsr_parameters``, ``aux_loss``.
 
-Supported hosts (the paper's two, Sec. 4.1):
-
-* ``SD3Transformer2DModel`` (SD3 / MMDiT): ``transformer_blocks[i].attn`` (joint attention); the gate is
-  conditioned on the block's ``temb`` (timestep + pooled text).
-* ``DiTTransformer2DModel`` (DiT): ``transformer_blocks[i].attn1`` (self-attention); the gate is
-  conditioned on ``norm1.emb(timestep, class_labels)``.
+Supported hosts: SD3 / SD3.5, DiT (the paper's two, Sec. 4.1) and FLUX.1. What each one is (which blocks,
+which attention, which processor replaces it, where the gate's condition comes from) is its ``HostSpec``
+(``specs.py``); this module only follows the spec.
 
 ``temb`` and the block's modulation never reach an attention processor (``Attention.forward`` passes
 only the hidden states), so forward hooks copy them into the processor's ``BlockCapture``.
@@ -17,15 +14,14 @@ import inspect
 from dataclasses import dataclass, field, replace
 
 import torch
-from diffusers import DiTTransformer2DModel, SD3Transformer2DModel
-from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProcessor2_0
 from torch import nn
 
 from ..core.config import RSRConfig
 from ..core.recursion import RecursiveSparseReasoning
-from .processors import BlockCapture, RSRAttnProcessor, RSRJointAttnProcessor, RSRSelfAttnProcessor, RSRSession
+from .processors import BlockCapture, RSRAttnProcessor, RSRSession
+from .specs import HOST_SPECS, AttentionSite, HostSpec, host_spec
 
-SUPPORTED_MODELS = (SD3Transformer2DModel, DiTTransformer2DModel)
+SUPPORTED_MODELS = tuple(spec.model for spec in HOST_SPECS)
 
 
 @dataclass
@@ -40,20 +36,18 @@ class RSRInstall:
     hooks: list = field(default_factory=list)
 
 
-def _supported_names() -> str:
-    return ", ".join(cls.__name__ for cls in SUPPORTED_MODELS)
+def check_supported(transformer: nn.Module) -> HostSpec:
+    """The transformer's ``HostSpec``; a ``TypeError`` naming the supported classes for any other model."""
+    return host_spec(transformer)
 
 
-def check_supported(transformer: nn.Module) -> None:
-    if not isinstance(transformer, SUPPORTED_MODELS):
-        raise TypeError(
-            f"RSR supports {_supported_names()}; got {type(transformer).__name__}. "
-            "Pass the pipeline's transformer (e.g. pipe.transformer)."
-        )
+def num_blocks(transformer: nn.Module) -> int:
+    """How many blocks ``RSRConfig.layers`` can index (for FLUX: double-stream, then single-stream)."""
+    return len(host_spec(transformer).blocks(transformer))
 
 
 def check_layers(transformer: nn.Module, layers: tuple[int, ...]) -> None:
-    depth = len(transformer.transformer_blocks)
+    depth = num_blocks(transformer)
     bad = [i for i in layers if i >= depth]
     if bad:
         raise ValueError(
@@ -73,23 +67,13 @@ def _require_install(transformer: nn.Module) -> RSRInstall:
     return install
 
 
-def _attention(transformer: nn.Module, block: nn.Module):
-    """(attention module, expected base processor type, processor class) for one block."""
-    if isinstance(transformer, SD3Transformer2DModel):
-        return block.attn, JointAttnProcessor2_0, RSRJointAttnProcessor
-    if getattr(block, "norm_type", None) != "ada_norm_zero":
-        raise NotImplementedError(
-            f"DiT blocks with norm_type={getattr(block, 'norm_type', None)!r} are not supported (need 'ada_norm_zero')"
-        )
-    return block.attn1, AttnProcessor2_0, RSRSelfAttnProcessor
-
-
 # The hooks are objects, not closures: ``copy.deepcopy`` of the transformer (how DiT-style loops make their
 # EMA copy) then copies each hook together with the capture it writes, so the copy fills its own captures
-# (a closure would be shared and keep writing into the original's).
+# (a closure would be shared and keep writing into the original's). The condition hooks are the host's
+# (``HostSpec.hook_condition``, same rule).
 @dataclass
 class _CaptureModulation:
-    """``AdaLayerNormZero(X).linear`` output -> shift_msa, scale_msa, ...: keep the first two."""
+    """``AdaLayerNormZero(X)(Single).linear`` output -> shift_msa, scale_msa, ...: keep the first two."""
 
     capture: BlockCapture
     dim: int
@@ -100,62 +84,40 @@ class _CaptureModulation:
 
 
 @dataclass
-class _CaptureTemb:
-    """SD3: ``block(hidden_states, encoder_hidden_states, temb, ...)``: keep ``temb``."""
-
-    capture: BlockCapture
-
-    def __call__(self, _module, args, kwargs) -> None:
-        self.capture.cond = kwargs["temb"] if "temb" in kwargs else args[2]
-
-
-@dataclass
-class _CaptureEmbedding:
-    """DiT: ``CombinedTimestepLabelEmbeddings(timestep, class_labels)`` output."""
-
-    capture: BlockCapture
-
-    def __call__(self, _module, _inputs, out) -> None:
-        self.capture.cond = out
-
-
-@dataclass
 class _CaptureTimestep:
-    """The transformer's ``timestep`` argument, for routing traces."""
+    """The transformer's ``timestep`` argument (times the host's ``timestep_scale``), for routing traces."""
 
     session: RSRSession
     signature: inspect.Signature
+    scale: float = 1.0
 
     def __call__(self, module, args, kwargs) -> None:
-        self.session.timestep = self.signature.bind_partial(module, *args, **kwargs).arguments.get("timestep")
+        timestep = self.signature.bind_partial(module, *args, **kwargs).arguments.get("timestep")
+        self.session.timestep = timestep * self.scale if timestep is not None and self.scale != 1 else timestep
 
 
-def _hook_block(transformer: nn.Module, block: nn.Module, capture: BlockCapture, dim: int) -> list:
-    hooks = [block.norm1.linear.register_forward_hook(_CaptureModulation(capture, dim))]
-    if isinstance(transformer, SD3Transformer2DModel):
-        hooks.append(block.register_forward_pre_hook(_CaptureTemb(capture), with_kwargs=True))
-    else:
-        hooks.append(block.norm1.emb.register_forward_hook(_CaptureEmbedding(capture)))
-    return hooks
+def _hook_block(spec: HostSpec, site: AttentionSite, capture: BlockCapture, dim: int) -> list:
+    return [site.modulation.linear.register_forward_hook(_CaptureModulation(capture, dim)),
+            *spec.hook_condition(site, capture)]
 
 
-def _hook_timestep(transformer: nn.Module, session: RSRSession):
-    hook = _CaptureTimestep(session, inspect.signature(type(transformer).forward))
+def _hook_timestep(transformer: nn.Module, session: RSRSession, scale: float):
+    hook = _CaptureTimestep(session, inspect.signature(type(transformer).forward), scale)
     return transformer.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 def apply_rsr(transformer: nn.Module, config: RSRConfig) -> nn.Module:
-    """Install RSR on ``config.layers`` (indices, or ``"middle"`` / ``"three"``) of an SD3 or DiT transformer;
-    freeze every base parameter.
+    """Install RSR on ``config.layers`` (indices, or ``"middle"`` / ``"three"``) of a supported transformer
+    (``SUPPORTED_MODELS``); freeze every base parameter.
 
     Only the RSR parameters (``rsr_parameters``) train afterwards. Returns the transformer.
     """
-    check_supported(transformer)
+    spec = check_supported(transformer)
     if not isinstance(config, RSRConfig):
         raise TypeError(f"config must be a thinkpix.RSRConfig, got {type(config).__name__}")
     if rsr_install(transformer) is not None:
         raise ValueError("RSR is already installed on this transformer: call thinkpix.remove_rsr first")
-    config = config.resolve_layers(len(transformer.transformer_blocks))  # "middle" / "three" to block indices
+    config = config.resolve_layers(num_blocks(transformer))  # "middle" / "three" to block indices
     check_layers(transformer, config.layers)
     requires_grad = {name: p.requires_grad for name, p in transformer.named_parameters()}
     session = RSRSession()
@@ -163,25 +125,29 @@ def apply_rsr(transformer: nn.Module, config: RSRConfig) -> nn.Module:
     transformer.requires_grad_(False)
     try:
         for i in config.layers:
-            block = transformer.transformer_blocks[i]
-            attn, base_type, processor_cls = _attention(transformer, block)
-            if type(attn.processor) is not base_type:
+            site = spec.site(transformer, i)
+            attn = site.attention
+            if type(attn.processor) is not site.base_processor:
                 raise NotImplementedError(
-                    f"block {i} uses {type(attn.processor).__name__}; RSR replaces {base_type.__name__} only "
+                    f"block {i} uses {type(attn.processor).__name__}; RSR replaces "
+                    f"{site.base_processor.__name__} only "
                     "(call transformer.set_default_attn_processor() or remove other adapters first)"
                 )
+            if getattr(attn, "fused_projections", False):
+                raise NotImplementedError(f"block {i} has fused Q/K/V projections; RSR needs separate "
+                                          "to_q/to_k/to_v: call transformer.unfuse_qkv_projections() first")
             dim = attn.to_q.in_features
             if attn.to_q.out_features != dim:
                 raise NotImplementedError(f"block {i}: RSR needs inner_dim == query_dim, got {attn.to_q}")
             weight = attn.to_q.weight
             rsr = RecursiveSparseReasoning(config, dim, cond_dim=dim, layer_index=i).to(weight.device, weight.dtype)
             rsr.train(transformer.training)  # a new module starts in train mode; follow the host's mode
-            capture = BlockCapture(norm=block.norm1.norm)
-            install.hooks += _hook_block(transformer, block, capture, dim)
+            capture = BlockCapture(norm=site.modulation.norm)
+            install.hooks += _hook_block(spec, site, capture, dim)
             install.original_processors[i] = attn.processor
-            install.processors[i] = processor_cls(rsr, i, capture, session)
+            install.processors[i] = site.processor(rsr, i, capture, session)
             attn.set_processor(install.processors[i])
-        install.hooks.append(_hook_timestep(transformer, session))
+        install.hooks.append(_hook_timestep(transformer, session, spec.timestep_scale))
     except Exception:
         transformer._rsr_install = install
         remove_rsr(transformer)
@@ -195,9 +161,9 @@ def remove_rsr(transformer: nn.Module) -> nn.Module:
     install = _require_install(transformer)
     for hook in install.hooks:
         hook.remove()
+    spec = host_spec(transformer)
     for i, processor in install.original_processors.items():
-        attn, _, _ = _attention(transformer, transformer.transformer_blocks[i])
-        attn.set_processor(processor)
+        spec.site(transformer, i).attention.set_processor(processor)
     for name, p in transformer.named_parameters():
         p.requires_grad_(install.requires_grad.get(name, p.requires_grad))
     del transformer._rsr_install

@@ -3,11 +3,13 @@
 * ``RSRJointAttnProcessor`` replaces ``JointAttnProcessor2_0`` of an SD3 ``JointTransformerBlock``:
   vision branch routed and recursed, text branch's Q/K/V computed once and reused at every step.
 * ``RSRSelfAttnProcessor`` replaces ``AttnProcessor2_0`` of a DiT ``BasicTransformerBlock.attn1``.
+* FLUX.1's two processors live in ``flux.py``.
 
 Both reproduce their base processor op for op, so with every LoRA B at zero the block is
 bit-identical to the base. What the attention call itself does not receive (the block's
 modulation ``shift/scale`` for re-modulating, and the conditioning ``y`` for the gate) is captured
-by hooks that ``thinkpix.models.hosts`` installs, into the processor's ``BlockCapture``.
+by hooks that ``thinkpix.models.hosts`` installs (as the host's ``HostSpec`` in ``specs.py`` says), into the
+processor's ``BlockCapture``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class BlockCapture:
     cond: Tensor | None = None  # y: (B, D) timestep(+text/class) embedding
     shift: Tensor | None = None  # beta_x: (B, D)
     scale: Tensor | None = None  # alpha_x - 1: (B, D)
+    text_tokens: int | None = None  # text length of a block that attends over [text ; image] (FLUX single-stream)
 
 
 @dataclass

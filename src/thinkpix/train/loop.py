@@ -30,6 +30,7 @@ from ..errors import UserError
 from ..images import save_grid
 from ..models import apply_rsr, aux_loss, rsr_layers, save_rsr, set_step_checkpointing
 from ..models.checkpoint import rsr_state_dict
+from ..models.hosts import num_blocks
 from ..pipelines import TrainTarget
 from .config import TrainConfig
 from .data import ImageDataset, batch_indices
@@ -179,7 +180,7 @@ class _Run:
             return 0
         shapes = {name: tuple(p.shape) for name, p in self.named.items()}
         meta, tensors, ema_tensors = load_checkpoint(path, self.optimizer, shapes)
-        check_resume_config(path, meta["config"], self.cfg, len(self.target.transformer.transformer_blocks))
+        check_resume_config(path, meta["config"], self.cfg, num_blocks(self.target.transformer))
         shard_optimizer_state(self.optimizer)
         load_into(self.named, tensors)
         step = meta["step"]
@@ -218,7 +219,7 @@ class _Run:
 
         def forward(noisy, t):
             kwargs = {k: (v.to(noisy.dtype) if v.is_floating_point() else v) for k, v in cond.items()}
-            return self.module(hidden_states=noisy, timestep=t, **kwargs).sample
+            return self.target.denoise(self.module, noisy, t, kwargs)
 
         with accelerator.accumulate(self.module), accelerator.autocast():
             if isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):

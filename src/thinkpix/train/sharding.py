@@ -9,8 +9,8 @@ plugin for two measured reasons:
   plugin path cannot be tested on the machines CI has, while ``fully_shard`` runs on CPU;
 - diffusers' ``DiTTransformer2DModel`` calls ``transformer_blocks[0].norm1.emb`` after its block loop,
   outside block 0's forward. A per-block wrap policy (accelerate's ``TRANSFORMER_BASED_WRAP``) has already
-  resharded block 0 by then and the call fails with "mixed torch.Tensor and DTensor". Block 0 of a DiT
-  therefore stays in the root group here.
+  resharded block 0 by then and the call fails with "mixed torch.Tensor and DTensor". Which blocks become
+  their own unit is therefore the host's ``HostSpec.fsdp_units`` (DiT's block 0 stays in the root group).
 
 Sharded parameters are ``DTensor``s. Checkpoints stay full-size safetensors, identical to single-process
 ones: ``gather`` all-gathers before a save (every process must call it), ``load_into`` and
@@ -23,10 +23,11 @@ import os
 
 import torch
 import torch.distributed as dist
-from diffusers import DiTTransformer2DModel
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
+
+from ..models.specs import host_spec
 
 SINGLE_PROCESS = ("TrainConfig.fsdp=True needs a multi-process run: start it with "
                   "`accelerate launch --num_processes N ...` (or torchrun)")
@@ -40,16 +41,15 @@ def check_launch() -> None:
 
 
 def shard_transformer(transformer: nn.Module) -> None:
-    """Shard ``transformer`` in place: one FSDP unit per block, the rest (embeddings, final layer) in the root."""
+    """Shard ``transformer`` in place: one FSDP unit per block (``HostSpec.fsdp_units``), the rest (embeddings,
+    final layer) in the root."""
     if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
         raise ValueError(SINGLE_PROCESS)
-    blocks = getattr(transformer, "transformer_blocks", None)
-    if blocks is None:
-        raise ValueError(f"TrainConfig.fsdp=True supports transformers with `transformer_blocks` "
-                         f"(SD3Transformer2DModel, DiTTransformer2DModel), not {type(transformer).__name__}")
-    # DiT reads block 0's label/timestep embedding after the block loop: keep block 0 in the root unit
-    first = 1 if isinstance(transformer, DiTTransformer2DModel) else 0
-    for block in list(blocks)[first:]:
+    try:
+        spec = host_spec(transformer)
+    except TypeError as err:
+        raise ValueError(f"TrainConfig.fsdp=True: {err}") from None
+    for block in spec.fsdp_units(transformer):
         fully_shard(block)
     fully_shard(transformer)
 
