@@ -1,20 +1,38 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
-# GPU users override the torch pin, e.g. `make test TORCH_SPEC="torch==2.13.0" TORCH_PIP_ARGS="--index-url <their index>"`.
+# GPU users override the torch pin, e.g. `make test TORCH_SPEC="torch==2.13.0" TORCH_PIP_ARGS="--index-url <their index>"`;
+# CPU-only machines without a local wheel: TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu".
+# A different TORCH_SPEC / TORCH_PIP_ARGS on a later call reinstalls torch in the existing .venv.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
+# pip shows its install progress; PIP_FLAGS=-q quietens it.
+PIP_FLAGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.thinkpix-installed
+TORCH_STAMP := $(VENV)/.thinkpix-torch-installed
+TORCH_REQUEST := $(VENV)/.thinkpix-torch-request
+TORCH_LINE := $(strip $(TORCH_SPEC) $(TORCH_PIP_ARGS))
 
 .PHONY: venv test test-slow lint demo bases clean
 
-$(STAMP): pyproject.toml Makefile
+# The torch request as a file rewritten (when make reads this Makefile, so `make -n` tells the truth) only when
+# TORCH_SPEC or TORCH_PIP_ARGS change: its date tells make whether torch must be reinstalled.
+ifneq ($(MAKECMDGOALS),clean)
+$(shell mkdir -p $(VENV) && (echo '$(TORCH_LINE)' | cmp -s - $(TORCH_REQUEST) || echo '$(TORCH_LINE)' > $(TORCH_REQUEST)))
+endif
+
+# Uninstall first: another build of the same version (CPU vs CUDA) would otherwise count as installed.
+$(TORCH_STAMP): $(TORCH_REQUEST)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
-	$(PY) -m pip install -q -e ".[test]"
-	touch $(STAMP)
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(PY) -m pip uninstall -y torch
+	$(PY) -m pip install $(PIP_FLAGS) "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	touch $@
+
+$(STAMP): pyproject.toml Makefile $(TORCH_STAMP)
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[test]"
+	touch $@
 
 venv: $(STAMP)
 

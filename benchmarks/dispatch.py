@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -66,16 +67,13 @@ def runner(case: Case, path: str, mode: str, grads: torch.Tensor):
     return run_backward
 
 
-def group_tasks(mode: str, dim: int, n: int, routing: str, ms: list[int], rank: int, paths: list[str]):
-    """(path, M, callable) for one group; paths independent of M or of the routing are timed once."""
-    g = torch.Generator().manual_seed(dim + n)
-    x = torch.randn(n, dim, generator=g).requires_grad_()
-    grads = torch.randn(3, n, dim, generator=g)
-    tasks, first = [], True
+def group_plan(routing: str, ms: list[int], paths: list[str]) -> list[tuple[str, int, int]]:
+    """(path, key, M) of every timed task of one group; paths independent of M or of the routing are timed once
+    (key 0 for the M-independent ones)."""
+    plan, first = [], True
     for m in ms:
         if routing != "uniform" and m == 1:
             continue  # one expert: every routing is the same
-        case = make_case(x, make_index(routing, n, m, g), m, rank, seed=m)
         for path in paths:
             if path in ("single", "peft") and not first:
                 continue  # independent of M: timed once per group, stored as M=0
@@ -85,10 +83,50 @@ def group_tasks(mode: str, dim: int, n: int, routing: str, ms: list[int], rank: 
                 continue  # as costly as peft: only at the ends of the M range
             if path in VARIANTS and routing == "one-expert":
                 continue  # the same one-expert shortcut as the core
-            key = 0 if path in ("single", "peft") else m
-            tasks.append((path, key, runner(case, path, mode, grads)))
+            plan.append((path, 0 if path in ("single", "peft") else m, m))
         first = False
-    return tasks
+    return plan
+
+
+def group_tasks(mode: str, dim: int, n: int, routing: str, ms: list[int], rank: int, paths: list[str]):
+    """(path, M, callable) for the tasks of ``group_plan``."""
+    g = torch.Generator().manual_seed(dim + n)
+    x = torch.randn(n, dim, generator=g).requires_grad_()
+    grads = torch.randn(3, n, dim, generator=g)
+    cases = {m: make_case(x, make_index(routing, n, m, g), m, rank, seed=m)
+             for m in ms if routing == "uniform" or m > 1}
+    return [(path, key, runner(cases[m], path, mode, grads)) for path, key, m in group_plan(routing, ms, paths)]
+
+
+def estimate_seconds(args: argparse.Namespace) -> float:
+    """Rough wall time of the whole run, printed before it starts. ``blocked_autorange`` sizes its block with one
+    call, then times blocks until ``min_run_time`` has passed on the run's clock: a task-round takes one call
+    plus max(min_run_time, one call), where CPU-clock seconds last wall/CPU times longer on a loaded machine.
+    A call is taken as twice a single-LoRA call of its (mode, D, N), timed here for half a second (wall and CPU);
+    the profile runs 4 paths 6 times. It assumes the load of other jobs stays as it is now: a guide, not a promise."""
+    torch.set_num_threads(args.threads[0])
+    cpu_clock = resolve_clock(args.clock, args.threads[0]) == "cpu"
+    total = 0.0
+    for mode in args.modes:
+        for dim in args.dims:
+            for n in args.tokens:
+                g = torch.Generator().manual_seed(0)
+                x = torch.randn(n, dim, generator=g).requires_grad_()
+                run = runner(make_case(x, torch.zeros(n, dtype=torch.long), 1, args.rank), "single", mode,
+                             torch.randn(3, n, dim, generator=g))
+                run()  # warm-up
+                wall, cpu, calls = time.perf_counter(), time.process_time(), 0
+                while time.perf_counter() - wall < 0.5 or not calls:  # long enough to see this machine's load
+                    run()
+                    calls += 1
+                wall, cpu = (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls
+                stretch = wall / max(cpu, 1e-9) if cpu_clock else 1.0
+                call = 2.0 * wall
+                tasks = sum(len(group_plan(r, args.experts, args.paths)) for r in args.routings)
+                total += tasks * args.rounds * (call + max(args.min_run_time * stretch, call))
+                if args.profile and mode == "forward+backward" and n == max(args.tokens) and dim == args.dims[0]:
+                    total += 4 * 6 * call
+    return total * len(args.allocators) * len(args.threads)
 
 
 def run_grid(args: argparse.Namespace) -> dict:
@@ -194,6 +232,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         results = {}
         user_args = argv if argv is not None else sys.argv[1:]
+        started = time.perf_counter()
+        hint = "; `--allocators default` halves it" if len(args.allocators) > 1 else ""
+        print(f"[dispatch] estimated {estimate_seconds(args) / 60:.1f} min on this machine as loaded now "
+              f"({len(args.allocators)} allocator(s) x {len(args.threads)} thread count(s){hint})", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             for allocator in args.allocators:
                 for threads in args.threads:
@@ -203,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"[dispatch] allocator={allocator} threads={threads}", flush=True)
                     subprocess.run(worker, env=child_env(allocator), check=True)
                     results[f"allocator `{allocator}`, {threads} thread(s)"] = json.loads(out.read_text())
+        print(f"[dispatch] timed in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
         command, facts = command_line(), machine_facts(args.threads)
         if args.save_json is not None:
             plain = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

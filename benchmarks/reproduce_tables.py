@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.power import power_section
 from benchmarks.reproduction_claims import claims_section
 from benchmarks.shapes_rows import (
     Budget,
@@ -160,6 +161,7 @@ def write_report(out: Path, budget: Budget, mode: str, t2i: dict, dpg: dict, cls
                          f"{sum(r['sample_seconds'] for r in results) / len(results):.0f} s |")
         lines.append("")
     lines += claims_section(t2i, dpg, cls)
+    lines += power_section(t2i)
     lines += ["## Rerunning one row", "",
               f"Finished rows are cached per seed under `{rows_dir}/<table>-<base "
               "fingerprint>-<budget>/<row>/seed<k>.json` and skipped on a rerun; delete a row's folder to "

@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from thinkpix.eval.geneval import generate_geneval, score_geneval_folder
+from thinkpix.eval.geneval import generate_geneval, score_geneval_images
 from thinkpix.models import routing_trace, rsr_parameters
 from thinkpix.models.hosts import rsr_install
 from thinkpix.pipelines import SHIPPED
+from thinkpix.shapes.score import GenEvalResult, summarize
 from thinkpix.train import TrainTarget, load_image_folder, load_pipeline, preset, train
 
 
@@ -131,7 +132,8 @@ def sampling_macs(target: TrainTarget, conditions: list, steps: int, guidance_sc
 
 def geneval_row(target: TrainTarget, records: list[dict], out: Path, budget: Budget, seed: int,
                 steps: int | None = None) -> dict:
-    """Sample the records into a GenEval folder, score it; with the sampling time and the latent steps used."""
+    """Sample the records into a GenEval folder, score it; with the sampling time, the latent steps used and the
+    per-image verdicts."""
     steps = steps or budget.sample_steps
     started = time.perf_counter()
     if rsr_install(target.transformer) is not None:
@@ -142,9 +144,12 @@ def geneval_row(target: TrainTarget, records: list[dict], out: Path, budget: Bud
         generate_geneval(target, records, out, samples=budget.samples, seed=seed, steps=steps, progress=False)
         latent_steps = None
     seconds = time.perf_counter() - started
-    scores, results = score_geneval_folder(out)
-    return {"scores": scores, "images": len(results), "sample_seconds": seconds, "sample_steps": steps,
-            "latent_steps": latent_steps}
+    verdicts = score_geneval_images(out)
+    scores = summarize(GenEvalResult(v["tag"], v["prompt"], v["correct"], v["reason"]) for v in verdicts)
+    # per-image verdicts, so that two rows of one seed can be compared image by image (benchmarks.stats)
+    keep = ("prompt_index", "sample_index", "tag", "correct")
+    return {"scores": scores, "images": len(verdicts), "sample_seconds": seconds, "sample_steps": steps,
+            "latent_steps": latent_steps, "verdicts": [{k: v[k] for k in keep} for v in verdicts]}
 
 
 def spread(records: list, n: int | None) -> list:

@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.dispatch import grad_outputs, make_index  # noqa: E402
+from benchmarks.dispatch import estimate_seconds, grad_outputs, group_plan, group_tasks, make_index, parse_args  # noqa: E402
 from benchmarks.paths import PATHS, Case, make_case, trainable  # noqa: E402
 
 DIM, RANK, TOKENS = 24, 4, 37
@@ -116,3 +116,15 @@ def test_wilson_interval_matches_the_textbook_values():
     low, high = wilson(0, 20)
     assert low == 0.0 and high == pytest.approx(0.1611, abs=1e-4)
     assert wilson(20, 20)[1] == pytest.approx(1.0)
+
+
+def test_dispatch_estimate_covers_every_timed_task():
+    argv = ["--quick", "--dims", "32", "--tokens", "64", "--rank", "4", "--experts", "1", "2", "--no-profile"]
+    args = parse_args(argv + ["--allocators", "default"])
+    plans = {r: group_plan(r, args.experts, args.paths) for r in args.routings}
+    for routing, plan in plans.items():  # the plan is exactly what is timed
+        tasks = group_tasks("forward", 32, 64, routing, args.experts, args.rank, args.paths)
+        assert [(p, key) for p, key, _ in plan] == [(p, key) for p, key, _ in tasks]
+    floor = sum(map(len, plans.values())) * len(args.modes) * args.rounds * args.min_run_time
+    assert estimate_seconds(args) >= floor  # every task-round lasts at least min_run_time
+    assert estimate_seconds(parse_args(argv)) >= 2 * floor  # two allocator processes by default

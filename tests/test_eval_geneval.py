@@ -51,3 +51,14 @@ def test_generation_writes_the_official_layout(tmp_path):
         files = sorted(p.name for p in (tmp_path / f"{i:05d}" / "samples").iterdir())
         assert files == ["00000.png", "00001.png"]
     assert set(score_geneval_folder(tmp_path)[0]) >= {"overall"}
+
+
+def test_generated_images_record_prompt_seed_and_batch_row(tmp_path):
+    pipe = ShapesTextToImagePipeline.from_scratch("mmdit-s", seed=0, width=32, head_dim=16, num_layers=2)
+    records = evaluation_metadata()[:3]
+    generate_geneval(TrainTarget(pipe), records, tmp_path, samples=2, steps=2, seed=10, batch_size=4, progress=False)
+    with Image.open(tmp_path / "00002" / "samples" / "00001.png") as image:  # job 5: the second batch, row 1
+        text = image.text
+    assert text["prompt"] == records[2]["prompt"]
+    assert (text["seed"], text["batch_index"], text["batch_size"]) == ("14", "1", "2")
+    assert text["num_inference_steps"] == "2"

@@ -2,11 +2,13 @@
 
 import argparse
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler, DiTTransformer2DModel, SD3Transformer2DModel
+from diffusers import DDPMScheduler, DiffusionPipeline, DiTTransformer2DModel, SD3Transformer2DModel
 from PIL import Image
 
 from test_models_hosts import perturb_experts
@@ -185,6 +187,24 @@ def test_t2i_save_load_rsr_and_remove(t2i, tmp_path):
     loaded = quiet(ShapesTextToImagePipeline.from_pretrained(tmp_path))
     assert np.array_equal(t2i_images(loaded), base)
     check_rsr(loaded, t2i_images, base)
+
+
+def test_diffusion_pipeline_from_pretrained_loads_both_shapes_pipelines(t2i, cls_pipe, tmp_path):
+    """diffusers' generic loader resolves model_index.json's _class_name in the diffusers namespace, where
+    importing thinkpix registers the Shapes pipelines."""
+    for pipe, images in ((t2i, t2i_images), (cls_pipe, class_images)):
+        pipe.save_pretrained(tmp_path / type(pipe).__name__)
+        loaded = quiet(DiffusionPipeline.from_pretrained(tmp_path / type(pipe).__name__))
+        assert type(loaded) is type(pipe)
+        assert np.array_equal(images(loaded), images(pipe))
+
+
+def test_import_thinkpix_alone_lets_diffusers_load_a_shapes_folder(t2i, tmp_path):
+    t2i.save_pretrained(tmp_path)
+    code = ("import sys, thinkpix; from diffusers import DiffusionPipeline; "
+            "print(type(DiffusionPipeline.from_pretrained(sys.argv[1])).__name__)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ShapesTextToImagePipeline"
 
 
 def check_rsr(pipe, images, base):

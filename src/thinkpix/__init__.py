@@ -5,6 +5,10 @@ The public names load on first use (torch and diffusers are imported then, not b
 
 from ._lazy import lazy_exports
 
+# Importing the Shapes pipelines registers them with diffusers: DiffusionPipeline.from_pretrained loads their folders.
+from .shapes import pipeline_class as _pipeline_class  # noqa: F401, E402
+from .shapes import pipeline_t2i as _pipeline_t2i  # noqa: F401, E402
+
 __version__ = "0.1.0"
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {

@@ -45,6 +45,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     print(run_demo(Path(args.out), quick=args.quick))
+    print(f"report: {Path(args.out) / 'report.md'} (grids base_grid.png and rsr_grid.png beside it)")
     return 0
 
 

@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 
 from .analysis.plots import plot_usage_heatmap
-from .eval.geneval import format_scores, generate_geneval, score_geneval_folder
-from .images import save_grid
+from .eval.geneval import format_scores, generate_geneval, geneval_grid, score_geneval_folder
 from .models import remove_rsr, routing_trace, rsr_layers
 from .shapes.dataset import make_dataset
 from .shapes.prompts import evaluation_metadata
@@ -32,15 +31,6 @@ def _guidance(pipeline) -> str:
     """How the pipeline guides by default: the shipped base carries a guidance interval in its config."""
     interval = getattr(pipeline, "config", {}).get("guidance_interval")
     return "guidance 4" + (f" at noise levels {interval[0]:g}-{interval[1]:g}" if interval else " at every step")
-
-
-def _grid_of(folder: Path, path: Path, limit: int = 24) -> Path:
-    import numpy as np
-    from PIL import Image
-
-    files = sorted(folder.glob("*/samples/00000.png"))[:limit]
-    images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-    return save_grid(images, path, ncols=8, scale=3)
 
 
 def run_demo(out: Path, quick: bool = False, base: str = "shapes-t2i") -> str:
@@ -70,8 +60,8 @@ def run_demo(out: Path, quick: bool = False, base: str = "shapes-t2i") -> str:
     remove_rsr(target.transformer)
     scores = {"base": score_geneval_folder(out / "samples" / "base")[0],
               "base + RSR (M=2, T=2)": score_geneval_folder(out / "samples" / "rsr")[0]}
-    _grid_of(out / "samples" / "base", out / "base_grid.png")
-    _grid_of(out / "samples" / "rsr", out / "rsr_grid.png")
+    _, shown = geneval_grid(out / "samples" / "base", out / "base_grid.png")
+    geneval_grid(out / "samples" / "rsr", out / "rsr_grid.png")
     table = format_scores(scores)
     (out / "scores.json").write_text(json.dumps(scores, indent=2))
     report = [
@@ -83,7 +73,10 @@ def run_demo(out: Path, quick: bool = False, base: str = "shapes-t2i") -> str:
         "## Shapes-GenEval on held-out compositions (percent)", "", table, "",
         "Held-out prompts combine colours, counts and relations never seen together in training; "
         "the numbers come from the classical detector and GenEval's rules (docs/results/shapes_scorer.md).", "",
-        "## Samples (first sample of each prompt)", "", "Base:", "", "![base](base_grid.png)", "",
+        "## Samples", "",
+        f"The first sample of each of the {shown} prompts, in the same order and with the same seeds for both "
+        "models; each tile is marked pass (green) or FAIL (red) by the Shapes scorer.", "",
+        "Base:", "", "![base](base_grid.png)", "",
         "RSR:", "", "![rsr](rsr_grid.png)", "",
         "## Routing", "", f"![routing](routing.png): expert usage of layer {layer} by diffusion timestep and latent "
         "step while sampling the held-out prompts.", "",

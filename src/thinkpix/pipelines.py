@@ -215,10 +215,16 @@ class TrainTarget:
                             f"{max_patches * unit} pixels a side (pos_embed_max_size={max_patches})")
 
     @torch.no_grad()
-    def sample(self, conditions: list, seed: int, steps: int = 20, guidance_scale: float = 4.0):
-        """Images (N, H, W, 3) float in [0, 1] for prompts, or for class ids / label names, from a seeded generator."""
+    def sample(self, conditions: list, seed: int | list[int], steps: int = 20, guidance_scale: float = 4.0):
+        """Images (N, H, W, 3) float in [0, 1] for prompts, or for class ids / label names, from a seeded generator;
+        a list of seeds gives each image its own generator (its noise then does not depend on the batch)."""
         check_sampling_args(steps, guidance_scale)
-        generator = torch.Generator().manual_seed(seed)
+        if isinstance(seed, list):
+            if len(seed) != len(conditions):
+                raise ValueError(f"got {len(seed)} seeds for {len(conditions)} conditions: pass one per image")
+            generator = [torch.Generator().manual_seed(s) for s in seed]
+        else:
+            generator = torch.Generator().manual_seed(seed)
         if self.kind == "caption":
             out = self.pipeline(list(conditions), num_inference_steps=steps, guidance_scale=guidance_scale,
                                 generator=generator, output_type="np")

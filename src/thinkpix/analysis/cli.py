@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,13 +26,17 @@ def _read_prompts(values: Sequence[str]) -> list[str]:
 
 
 def _analyze_routing_command(args: argparse.Namespace) -> int:
-    from .routing import analyze_routing
+    from .routing import analyze_routing, collapse_warnings
 
     summary = analyze_routing(args.model, args.rsr, _read_prompts(args.prompts), args.out, samples=args.samples,
                               steps=args.num_inference_steps, seed=args.seed, guidance_scale=args.guidance_scale,
                               buckets=args.buckets)
+    warnings = collapse_warnings(summary)
+    for warning in warnings:
+        print(f"thinkpix analyze routing: warning: {warning}", file=sys.stderr)
     print(json.dumps({"out": str(args.out), "seconds": summary["run"]["seconds"],
-                      "specialisation_across_timesteps": summary["specialisation_across_timesteps"]}))
+                      "specialisation_across_timesteps": summary["specialisation_across_timesteps"],
+                      "collapse_warnings": warnings}))
     return 0
 
 

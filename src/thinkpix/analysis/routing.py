@@ -154,6 +154,12 @@ def summarize_trace(trace: RoutingTrace, buckets: int = 10, threshold: float = S
     return {"layers": per_layer, "specialisation_across_timesteps": verdict}
 
 
+def collapse_warnings(summary: dict) -> list[str]:
+    """One line per layer whose gate collapsed onto one expert (``summarize_trace``'s ``collapse_warning``)."""
+    return [f"layer {layer}: {info['collapse_warning']}" for layer, info in summary["layers"].items()
+            if info.get("collapse_warning")]
+
+
 def _conditional_rows(pipeline, batch: int, images: int) -> list[int]:
     """Rows of the conditional samples: CFG doubles the batch as [uncond, cond] (DiTPipeline: [cond, uncond])."""
     if batch == images:
@@ -192,7 +198,7 @@ def analyze_routing(model: str | Path, rsr: str | Path | None, prompts: Sequence
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize_trace(trace, buckets)
     images = to_uint8(images)
-    figures = {"samples": save_grid(images, out / "samples.png", ncols=samples, scale=2)}
+    figures = {"samples": save_grid(images, out / "samples.png", ncols=samples, labels=[str(c) for c in repeated])}
     for layer in trace_layers(trace):
         figures[f"usage_layer{layer}"] = plot_usage_heatmap(trace, layer, out / f"usage_layer{layer}.png", buckets)
         figures[f"trajectories_layer{layer}"] = plot_trajectories(trace, layer, out / f"trajectories_layer{layer}.png")

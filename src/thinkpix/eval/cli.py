@@ -10,14 +10,20 @@ import json
 from pathlib import Path
 
 from ..flags import add_sampling_options
+from ..shapes.protocol import PROTOCOLS
 
 
 def _generate_geneval(args: argparse.Namespace) -> int:
     from ..sampling import load_target
     from ..shapes.metadata import read_metadata_jsonl
     from ..shapes.prompts import evaluation_metadata, training_metadata
-    from .geneval import generate_geneval
+    from .geneval import generate_geneval, generate_protocol
 
+    if args.protocol:
+        target = load_target(args.model, args.rsr, args.guidance_interval)
+        print(generate_protocol(target, args.protocol, args.out, seed=args.seed, steps=args.num_inference_steps,
+                                guidance_scale=args.guidance_scale))
+        return 0
     if args.metadata:
         records = read_metadata_jsonl(args.metadata)
     else:
@@ -102,6 +108,9 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--split", choices=("eval", "train"), default="eval")
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     p.add_argument("--samples", type=int, default=4, help="images per prompt (GenEval: 4)")
+    p.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None,
+                   help="a named Shapes-GenEval protocol (v2: balanced, per-image noise; v1: the original 2 a "
+                        "prompt); sets the prompts and samples, so --metadata/--split/--limit/--samples are unused")
     p.set_defaults(func=_generate_geneval)
     p = gen.add_parser("dpg", help="Shapes-DPG layout: <out>/<index>/item.json (+ questions) + samples/<n>.png")
     add_sampling_options(p)
@@ -145,7 +154,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--json", help="also write the metrics to this file")
     p.set_defaults(func=_eval_fid)
     p = ev.add_parser("train-extractor", help="train the shapes feature extractor on the Shapes class dataset")
-    p.add_argument("--out", default="src/thinkpix/assets/shapes-features")
+    p.add_argument("--out", default="runs/shapes-features",
+                   help="output folder; the shipped extractor that `eval fid` uses, "
+                        "src/thinkpix/assets/shapes-features, is only replaced when named here")
     p.add_argument("--per-class", type=int, default=1000, help="training images per class (28 classes)")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)

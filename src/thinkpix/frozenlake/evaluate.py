@@ -108,12 +108,22 @@ def strip(model: VisualPlanner, desc: Sequence[str], gap: int = 2) -> tuple[np.n
     return image, summary
 
 
-def save_strip(model: VisualPlanner, desc: Sequence[str], path: str | Path, scale: int = 2) -> dict:
-    """Write ``strip`` as a PNG (nearest-neighbour upscaled by ``scale``); returns its summary."""
+def save_strip(model: VisualPlanner, desc: Sequence[str], path: str | Path, scale: int = 2, gap: int = 2) -> dict:
+    """Write ``strip`` as a PNG (nearest-neighbour upscaled by ``scale``) with the step number over every column
+    (``start``, then the frame after step k; bare numbers on narrow columns) and the rows named ``decoded`` and
+    ``BFS``; returns its summary."""
     from PIL import Image
 
-    image, summary = strip(model, desc)
+    from ..images import label_rows_and_columns
+
+    image, summary = strip(model, desc, gap)
+    cell_px = (image.shape[0] - gap) // 2
+    columns = (image.shape[1] + gap) // (cell_px + gap)
+    wide = cell_px * scale >= 36  # room for "step k"; narrower columns get the bare number (0 = start)
+    labels = ["start", *(f"step {k}" for k in range(1, columns))] if wide else [str(k) for k in range(columns)]
+    labelled = label_rows_and_columns(image.repeat(scale, 0).repeat(scale, 1), cell_px * scale, gap * scale,
+                                      labels, ["decoded", "BFS"])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image.repeat(scale, 0).repeat(scale, 1)).save(path)
+    Image.fromarray(labelled).save(path)
     return summary

@@ -82,7 +82,10 @@ def save_rsr(transformer: nn.Module, path: str | os.PathLike, tensors: dict[str,
 def _read_checkpoint(folder: Path) -> tuple[RSRConfig, dict[str, torch.Tensor], dict[str, str]]:
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"RSR checkpoint {folder} has no {name} (expected {CONFIG_NAME} + {WEIGHTS_NAME})")
+            hint = (f"did you mean {folder / 'rsr'}?" if (folder / "rsr" / CONFIG_NAME).is_file() else
+                    "`thinkpix finetune` writes them to <output-dir>/rsr")
+            raise FileNotFoundError(f"RSR checkpoint {folder} has no {name} (expected {CONFIG_NAME} + {WEIGHTS_NAME}; "
+                                    f"{hint})")
     config = RSRConfig.from_json(folder / CONFIG_NAME)
     try:
         with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as f:

@@ -10,7 +10,9 @@
   question graphs and scoring (ELLA, TencentQQGYLab);
 * :mod:`~thinkpix.shapes.text`: vocabulary, word-level tokenizer, tiny CLIP text encoder;
 * :mod:`~thinkpix.shapes.dataset` / :mod:`~thinkpix.shapes.accuracy`: dataset export and the
-  scorer-accuracy measurement;
+  scorer-accuracy measurement; :mod:`~thinkpix.shapes.perturb`: the detector's robustness and strictness bench;
+* :mod:`~thinkpix.shapes.protocol`: the Shapes-GenEval evaluation protocols ``v1`` and ``v2`` (balanced, noise
+  fixed per image);
 * :mod:`~thinkpix.shapes.models`: ``SHAPES_MODELS``, the pixel-space MMDiT and DiT presets;
 * :mod:`~thinkpix.shapes.pipeline_t2i` / :mod:`~thinkpix.shapes.pipeline_class`: the text-to-image
   and class-conditional diffusers pipelines.

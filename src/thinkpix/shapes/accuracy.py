@@ -8,7 +8,10 @@ an object missing from the image or a class the image lacks named in the prompt 
 must call it wrong. The same is done for dense prompts with the DPG-style scorer (a GT render must
 score 1.0; an image with an object missing or a stated colour changed must score below 1.0).
 
-    python -m thinkpix.shapes.accuracy --n 1000 --seed 0 --out docs/results/shapes_scorer.md
+    python -m thinkpix.shapes.accuracy --n 1000 --seed 0
+
+``docs/results/shapes_scorer.md`` holds these figures next to the detector's accept rates per perturbation family
+(``thinkpix.shapes.perturb``); ``python -m benchmarks.shapes_scorer`` writes it.
 """
 
 from __future__ import annotations

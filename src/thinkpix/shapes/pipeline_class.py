@@ -29,6 +29,7 @@ from thinkpix.shapes.sampling import (
     conditional_rows,
     denoise,
     initial_noise,
+    register_with_diffusers,
     to_output,
 )
 
@@ -46,6 +47,7 @@ def default_scheduler() -> DDIMScheduler:
     )
 
 
+@register_with_diffusers
 class ShapesClassPipeline(DiffusionPipeline):
     r"""Class-conditional generation with a ``DiTTransformer2DModel`` directly on pixels.
 

@@ -27,6 +27,7 @@ from thinkpix.shapes.sampling import (
     conditional_rows,
     denoise,
     initial_noise,
+    register_with_diffusers,
     to_output,
 )
 from thinkpix.shapes.text import build_tokenizer, tiny_text_encoder, tokenize, validate_prompt
@@ -65,6 +66,7 @@ def encode_text(
     return out.last_hidden_state, out.text_embeds
 
 
+@register_with_diffusers
 class ShapesTextToImagePipeline(DiffusionPipeline):
     r"""Text-to-image generation with an ``SD3Transformer2DModel`` directly on pixels.
 

@@ -48,3 +48,31 @@ def render_scene(scene: Scene, background: tuple[int, int, int] = BACKGROUND) ->
         mask = shape_mask(obj.shape, x2 - x1, y2 - y1)
         image[y1:y2, x1:x2][mask] = COLORS[obj.color]
     return image
+
+
+def shape_coverage(shape: str, cx: float, cy: float, extent: float, image_size: int, angle: float = 0.0,
+                   supersample: int = 4) -> np.ndarray:
+    """Fraction ``(image_size, image_size)`` of each pixel covered by ``shape`` centred at ``(cx, cy)`` (pixel-edge
+    coordinates) with side ``extent``, turned by ``angle`` degrees clockwise: the same outlines as
+    :func:`shape_mask` (circle inscribed, square, triangle apex up, diamond), on ``supersample``^2 points a
+    pixel. The detector fits these to what it sees; ``thinkpix.shapes.perturb`` draws with them."""
+    check_choice("shape", shape, SHAPES)
+    steps = (np.arange(image_size * supersample) + 0.5) / supersample
+    xs, ys = np.meshgrid(steps - cx, steps - cy)
+    theta = np.deg2rad(angle)
+    half = extent / 2.0
+    u = (np.cos(theta) * xs + np.sin(theta) * ys) / half
+    v = (-np.sin(theta) * xs + np.cos(theta) * ys) / half
+    inside = shape_inside(shape, u, v)
+    return inside.reshape(image_size, supersample, image_size, supersample).mean(axis=(1, 3))
+
+
+def shape_inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Whether points ``(u, v)`` in the shape's own frame (centre 0, half-side 1, ``v`` down) lie inside it."""
+    if shape == "square":
+        return (np.abs(u) <= 1) & (np.abs(v) <= 1)
+    if shape == "circle":
+        return u * u + v * v <= 1
+    if shape == "diamond":
+        return np.abs(u) + np.abs(v) <= 1
+    return (np.abs(u) <= (v + 1) / 2) & (v <= 1)

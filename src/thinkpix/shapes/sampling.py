@@ -24,6 +24,22 @@ steps that are guided and conditional only at the others (:func:`conditional_row
 GuidanceInterval = tuple[float, float] | None
 
 
+def register_with_diffusers(pipeline_class: type[DiffusionPipeline]) -> type[DiffusionPipeline]:
+    """Make ``DiffusionPipeline.from_pretrained`` load folders saved by ``pipeline_class``.
+
+    diffusers resolves ``model_index.json``'s ``_class_name`` with ``getattr(diffusers, name)``, so the class is
+    added to the ``diffusers`` namespace (``diffusers.ShapesTextToImagePipeline``); a class of that name that
+    diffusers itself defines is never replaced.
+    """
+    import diffusers
+
+    known = diffusers.__dict__.get(pipeline_class.__name__)
+    if known is not None and known.__module__.split(".")[0] == "diffusers":
+        raise ValueError(f"diffusers already has a {pipeline_class.__name__}: not registering thinkpix's")
+    setattr(diffusers, pipeline_class.__name__, pipeline_class)
+    return pipeline_class
+
+
 def check_output_type(output_type: str) -> None:
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type={output_type!r} is not supported; choose one of {', '.join(OUTPUT_TYPES)}")

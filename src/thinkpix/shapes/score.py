@@ -9,7 +9,12 @@ Mask2Former and the detected palette colour in place of the CLIP colour classifi
   it has a ``position [rel, j]``, every one of them must stand ``rel`` of every object matched by
   include item ``j`` (GenEval's ``relative_position``, see :mod:`thinkpix.shapes.geometry`);
 * exclude items are ORed: ``count`` or more detections of the class make the image wrong, so a
-  counting prompt for N with exclude N+1 demands exactly N.
+  counting prompt for N with exclude N+1 demands exactly N;
+* two departures, for a classical detector: an image with an *ambiguous* component (touching objects of one
+  colour that do not split into shapes, see :mod:`thinkpix.shapes.detect`) is wrong, and among equally good
+  detections (same rounded confidence and area) those of the required colour rank first, so the verdict
+  never depends on the order in which objects were drawn. Objects of unknown colour count for classes and
+  excludes but match no colour.
 
 :func:`summarize` follows evaluation/summary_scores.py: per-tag accuracy over images and the
 overall score as the unweighted mean of the task scores.
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from thinkpix.shapes.detect import DetectionResult, detect_shapes
+from thinkpix.shapes.detect import DetectionResult, detect_shapes, rank
 from thinkpix.shapes.geometry import relative_position
 from thinkpix.shapes.metadata import TAGS
 
@@ -42,6 +47,8 @@ class GenEvalResult:
 
 def evaluate(detections: DetectionResult, metadata: dict) -> tuple[bool, str]:
     """``(correct, reason)`` for one image's detections against one GenEval metadata record."""
+    if detections.ambiguous:
+        return False, f"ambiguous: {detections.ambiguous} component(s) of touching objects that do not split"
     objects = detections.by_class(MAX_OBJECTS_PER_CLASS)
     correct = True
     reason: list[str] = []
@@ -49,7 +56,10 @@ def evaluate(detections: DetectionResult, metadata: dict) -> tuple[bool, str]:
     for req in metadata.get("include", []):
         classname = req["class"]
         matched = True
-        found = objects.get(classname, [])[: req["count"]]
+        ranked = objects.get(classname, [])
+        if "color" in req:  # ties (equally good detections) go to the required colour, whatever the drawing order
+            ranked = sorted(ranked, key=lambda d: (rank(d)[:2], d.color != req["color"], rank(d)[2:]))
+        found = ranked[: req["count"]]
         if len(found) < req["count"]:
             correct = matched = False
             reason.append(f"expected {classname}>={req['count']}, found {len(found)}")

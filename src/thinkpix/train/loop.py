@@ -338,7 +338,7 @@ def _validate(target: TrainTarget, validation: list, out_dir: Path, step: int, a
     target.transformer.train()
     if not write:
         return
-    save_grid(images, out_dir / "validation" / f"step-{step:06d}.png", scale=4)
+    save_grid(images, out_dir / "validation" / f"step-{step:06d}.png", labels=[str(c) for c in validation])
     if accelerator is not None:
         tracker = accelerator.get_tracker("tensorboard", unwrap=False)
         if hasattr(tracker, "log_images"):
