@@ -3,11 +3,16 @@
 The public names load on first use (torch and diffusers are imported then, not by ``import thinkpix``).
 """
 
-from ._lazy import lazy_exports
+from ._lazy import after_import, lazy_exports
 
-# Importing the Shapes pipelines registers them with diffusers: DiffusionPipeline.from_pretrained loads their folders.
-from .shapes import pipeline_class as _pipeline_class  # noqa: F401, E402
-from .shapes import pipeline_t2i as _pipeline_t2i  # noqa: F401, E402
+
+def _register_shapes_pipelines() -> None:
+    """Importing the Shapes pipelines registers them with diffusers (DiffusionPipeline.from_pretrained loads
+    their folders); done when diffusers loads, so ``import thinkpix`` and ``thinkpix --help`` stay light."""
+    from .shapes import pipeline_class, pipeline_t2i  # noqa: F401
+
+
+after_import("diffusers", _register_shapes_pipelines)
 
 __version__ = "0.1.0"
 

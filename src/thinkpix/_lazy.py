@@ -7,6 +7,8 @@ diffusers' import time, while ``thinkpix.apply_rsr`` and ``from thinkpix import 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
 import sys
 import types
 from collections.abc import Callable
@@ -41,3 +43,34 @@ def lazy_exports(package: str, exports: dict[str, tuple[str, ...]]) -> tuple[Cal
 
     sys.modules[package].__class__ = _LazyPackage
     return __getattr__, __dir__, sorted(where)
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs ``callback`` once module ``name`` has been imported (by anyone), then steps aside."""
+
+    def __init__(self, name: str, callback: Callable[[], None]):
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        run_module, callback = spec.loader.exec_module, self.callback
+
+        def exec_module(module: types.ModuleType) -> None:
+            run_module(module)
+            callback()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def after_import(name: str, callback: Callable[[], None]) -> None:
+    """Call ``callback`` now if module ``name`` is loaded, else right after it is first imported."""
+    if name in sys.modules:
+        callback()
+    else:
+        sys.meta_path.insert(0, _AfterImport(name, callback))
