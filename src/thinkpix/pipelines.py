@@ -1,4 +1,5 @@
-"""What is being trained: a pipeline, its transformer, and how a batch becomes model inputs.
+"""The pipeline handle shared by training, sampling, evaluation and analysis: a loaded pipeline, its
+transformer, how a batch becomes model inputs, and seeded sampling.
 
 Supported pipelines (read from ``model_index.json``) are those of the hosts' ``HostSpec``s:
 ``StableDiffusion3Pipeline``, ``FluxPipeline`` and the Shapes text-to-image pipeline (conditioned on

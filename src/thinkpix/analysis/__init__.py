@@ -1,7 +1,8 @@
 """Looking inside the routing (paper Figs. 3-4, and the numbers a referee asked for)."""
 
-from ..core.stats import COLLAPSE_SHARE, RoutingStats, routing_stats, step_stats
-from .compute import FlopReport, dit_macs, flops, rsr_step_macs
+from .._lazy import lazy_exports
 
-__all__ = ["COLLAPSE_SHARE", "FlopReport", "RoutingStats", "dit_macs", "flops", "routing_stats", "rsr_step_macs",
-           "step_stats"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "..core.stats": ("COLLAPSE_SHARE", "RoutingStats", "routing_stats", "step_stats"),
+    ".compute": ("FlopReport", "dit_macs", "flops", "rsr_step_macs"),
+})

@@ -1,17 +1,10 @@
 """The Recursive Sparse Reasoning core, independent of any host model (paper Sec. 3, Algorithm 1)."""
 
-from .config import RSRConfig
-from .experts import ExpertBank
-from .gate import GateDecision, LatentStepGate, balance_loss
-from .recursion import RecursiveSparseReasoning, RSROutput, RSRStep
+from .._lazy import lazy_exports
 
-__all__ = [
-    "ExpertBank",
-    "GateDecision",
-    "LatentStepGate",
-    "RSRConfig",
-    "RSROutput",
-    "RSRStep",
-    "RecursiveSparseReasoning",
-    "balance_loss",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    ".config": ("RSRConfig",),
+    ".experts": ("ExpertBank",),
+    ".gate": ("GateDecision", "LatentStepGate", "balance_loss"),
+    ".recursion": ("RecursiveSparseReasoning", "RSROutput", "RSRStep"),
+})

@@ -7,11 +7,23 @@ T latent steps, LoRA rank r, Gumbel temperature tau, looped layers.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from .fields import (
+    BOOLEAN,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    Check,
+    check_fields,
+    check_values,
+    documented,
+    knob,
+)
 
 ROUTINGS = ("learned", "random")
 DISPATCHES = ("sorted", "grouped", "dense")
@@ -27,149 +39,123 @@ HALT_THRESHOLDS = {"delta": 0.05, "confidence": 0.9, "learned": 0.5}
 DEFAULT_BALANCE_WEIGHT = 0.01
 
 
-def _fail(name: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"RSRConfig.{name}={value!r} is invalid: allowed values are {allowed}")
+LAYER_CHOICES = ("middle", "three")
 
 
-def check_fields(cls: type, data: dict[str, Any]) -> None:
-    """Raise a ValueError naming unknown keys of ``data`` and the fields dataclass ``cls`` allows."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; allowed fields are {sorted(known)}")
+def _layer_indices(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and bool(value) and len(set(value)) == len(value) and all(
+        _is_int(i) and i >= 0 for i in value)
+
+
+def _normalise_layers(value: Any) -> tuple[int, ...] | str:
+    return value if value in LAYER_CHOICES else tuple(sorted(value))
+
+
+LAYERS = Check("a non-empty sequence of distinct block indices >= 0, or 'middle' (block L // 2, the paper's 12 of 24) "
+               "or 'three' (L/6, L/3, L/2: the paper's 4, 8, 12 of 24)",
+               lambda v: v in LAYER_CHOICES or _layer_indices(v), _normalise_layers)
+
+
+def parse_layers(text: str) -> tuple[int, ...] | str:
+    """``middle``, ``three`` or comma-separated block indices (the command line's spelling of ``layers``)."""
+    if text in LAYER_CHOICES:
+        return text
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"layers {text!r}: use 'middle', 'three' or block indices like 4,8,12") from None
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+@documented
 @dataclass
 class RSRConfig:
-    """Configuration of the recursive sparse component of one or more attention layers.
+    """Configuration of the recursive sparse component of one or more attention layers."""
 
-    Args:
-        num_experts: M, LoRA experts the gate chooses from at every latent step (>= 1).
-        latent_steps: T, latent steps per forward pass (>= 1); only step T adds the frozen base.
-        rank: r, LoRA rank of every expert (paper: 128).
-        alpha: LoRA scale numerator; the update is scaled by ``alpha / rank``. ``None`` means ``rank``.
-        gumbel_tau: Gumbel-softmax temperature tau (> 0; paper: 5.0).
-        layers: indices of the transformer blocks that get RSR (paper: ``(12,)`` or ``(4, 8, 12)``).
-        routing: ``"learned"`` (Gumbel-softmax hard selection when training, argmax in eval) or
-            ``"random"`` (a uniformly random expert per token from a seeded generator: the ablation
-            the paper lacks).
-        balance_loss_weight: weight of the expert-balance loss (see ``thinkpix.core.gate.balance_loss``).
-            ``None`` means the paper's rule: on (0.01) for M > 3, off (0.0) otherwise.
-        remodulate: apply the block's own ``alpha * LN(.) + beta`` to the recursive state before
-            every step after the first (Sec. 3.3 equations; Algorithm 1 omits it).
-        dispatch: ``"sorted"`` (tokens sorted by expert, one matmul per expert segment: cost flat in
-            M), ``"grouped"`` (the same results with static shapes and no host read: what ``sorted``
-            runs as under ``torch.compile``) or ``"dense"`` (every expert computed and masked: the
-            correctness reference, and the exact straight-through gradient for the gate).
-        gate_input: ``"full"`` (tokens + timestep/condition + latent-step embedding, as in the paper)
-            or ``"tokens"`` (tokens only: the Fig. 4 ablation).
-        seed: seeds the initial weights, the Gumbel noise and random routing (offset by the layer index).
-        halting: stop the intermediate latent steps of a token (or sample) early at inference (the
-            paper's Sec. 6 limitation): ``"none"`` (default: bit-identical to fixed T), ``"delta"`` (relative
-            change of the recursive state below ``halt_threshold``), ``"confidence"`` (gate max-probability
-            at least ``halt_threshold``) or ``"learned"`` (an ACT-style halting head, Graves 2016, trained
-            with a ponder cost of weight ``ponder_weight``; halts when its probability >= ``halt_threshold``).
-            The final, base-integrating step always runs.
-        halt_per: ``"token"`` or ``"sample"``: what stops as a unit.
-        halt_threshold: criterion threshold; ``None`` picks the criterion's default.
-        ponder_weight: weight of the expected-number-of-steps cost of the learned halting head.
-        gumbel_noise_scale: s in the training route ``argmax(l + s g)``, g ~ Gumbel(0, 1) (>= 0; paper: 1).
-            The hard route ignores tau, so s is what sets how random training routes are: with logit
-            margin m (M = 2) a token takes its eval-mode route with probability sigmoid(|m| / s).
-        route_per: ``"token"`` (the paper: one expert per token and step) or ``"sample"`` (one expert per
-            sample and step, from the mean of its tokens' logits, as InstructMoLE argues for).
-        z_loss_weight: weight of the router z-loss ``mean(logsumexp(l)^2)`` (ST-MoE, Zoph et al. 2022,
-            eq. 5; they use 1e-3), which keeps gate logits small; 0 (paper) turns it off.
-    """
-
-    num_experts: int = 2
-    latent_steps: int = 2
-    rank: int = 128
-    alpha: float | None = None
-    gumbel_tau: float = 5.0
-    layers: tuple[int, ...] = (12,)
-    routing: str = "learned"
-    balance_loss_weight: float | None = None
-    remodulate: bool = True
-    dispatch: str = "sorted"
-    gate_input: str = "full"
-    seed: int = 0
-    halting: str = "none"
-    halt_per: str = "token"
-    halt_threshold: float | None = None
-    ponder_weight: float = 0.01
-    gumbel_noise_scale: float = 1.0
-    route_per: str = "token"
-    z_loss_weight: float = 0.0
+    num_experts: int = knob(2, "M, LoRA experts the gate chooses from at every latent step.", check=POSITIVE_INT)
+    latent_steps: int = knob(2, "T, latent steps per forward pass; only step T adds the frozen base.",
+                             check=POSITIVE_INT)
+    rank: int = knob(128, "r, LoRA rank of every expert (paper: 128).", check=POSITIVE_INT)
+    alpha: float | None = knob(None, "LoRA scale numerator: the update is scaled by alpha / rank.", check=POSITIVE,
+                               none="alpha = rank")
+    gumbel_tau: float = knob(5.0, "Gumbel-softmax temperature tau (paper: 5.0; tau = 0 makes the Gumbel-softmax NaN).",
+                             check=POSITIVE)
+    layers: tuple[int, ...] | str = knob((12,), "Transformer blocks that get RSR (paper: 12, or 4, 8, 12); names are "
+                                         "resolved against the host's depth by apply_rsr.", check=LAYERS,
+                                         parse=parse_layers)
+    routing: str = knob("learned", "'learned' (Gumbel-softmax hard selection when training, argmax in eval) or "
+                        "'random' (a uniformly random expert per token from a seeded generator: the ablation the "
+                        "paper lacks).", choices=ROUTINGS)
+    balance_loss_weight: float | None = knob(None, "Weight of the expert-balance loss "
+                                             "(thinkpix.core.gate.balance_loss); set it to turn the loss on for "
+                                             "M <= 3.", check=NON_NEGATIVE,
+                                             none="the paper's rule: 0.01 for M > 3, else 0")
+    remodulate: bool = knob(True, "Apply the block's own alpha * LN(.) + beta to the recursive state before every "
+                            "step after the first (Sec. 3.3 equations; Algorithm 1 omits it).", check=BOOLEAN)
+    dispatch: str = knob("sorted", "'sorted' (tokens sorted by expert, one matmul per expert segment: cost flat in "
+                         "M), 'grouped' (the same results with static shapes and no host read: what 'sorted' "
+                         "runs as under torch.compile) or 'dense' (every expert computed and masked: the correctness reference, "
+                         "and the exact straight-through gradient for the gate).",
+                         choices=DISPATCHES)
+    gate_input: str = knob("full", "What the gate sees: 'full' (tokens + timestep/condition + latent-step "
+                           "embedding, as in the paper) or 'tokens' (tokens only: the Fig. 4 ablation).",
+                           choices=GATE_INPUTS)
+    seed: int = knob(0, "Seeds the initial weights, the Gumbel noise and random routing (offset by the layer index).",
+                     check=NON_NEGATIVE_INT)
+    halting: str = knob("none", "Stop the intermediate latent steps of a token (or sample) early at inference (the "
+                        "paper's Sec. 6 limitation): 'none' (bit-identical to fixed T), 'delta' (relative change of "
+                        "the recursive state below halt_threshold), 'confidence' (gate max-probability at least "
+                        "halt_threshold) or 'learned' (an ACT-style halting head, Graves 2016, trained with a ponder "
+                        "cost of weight ponder_weight). The final, base-integrating step always runs.",
+                        choices=HALTINGS)
+    halt_per: str = knob("token", "What stops as a unit.", choices=HALT_UNITS)
+    halt_threshold: float | None = knob(None, "Halting criterion threshold.", check=POSITIVE,
+                                        none="the criterion's default")
+    ponder_weight: float = knob(0.01, "Weight of the expected-number-of-steps cost of the learned halting head.",
+                                check=NON_NEGATIVE)
+    gumbel_noise_scale: float = knob(1.0, "s in the training route argmax(l + s g), g ~ Gumbel(0, 1) (paper: 1). The "
+                                     "hard route ignores tau, so s is what sets how random training routes are: with "
+                                     "logit margin m (M = 2) a token takes its eval-mode route with probability "
+                                     "sigmoid(|m| / s).", check=NON_NEGATIVE)
+    route_per: str = knob("token", "'token' (the paper: one expert per token and step) or 'sample' (one expert per "
+                          "sample and step, from the mean of its tokens' logits, as InstructMoLE argues for).",
+                          choices=ROUTE_UNITS)
+    z_loss_weight: float = knob(0.0, "Weight of the router z-loss mean(logsumexp(l)^2) (ST-MoE, Zoph et al. 2022, "
+                                "eq. 5; they use 1e-3), which keeps gate logits small; 0 (paper) turns it off.",
+                                check=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
-        for name in ("num_experts", "latent_steps", "rank"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                _fail(name, value, "an integer >= 1")
-        if self.alpha is None:
-            self.alpha = float(self.rank)
-        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not (
-            math.isfinite(self.alpha) and self.alpha > 0
-        ):
-            _fail("alpha", self.alpha, "a finite number > 0, or None for alpha = rank")
-        self.alpha = float(self.alpha)
-        tau = self.gumbel_tau
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not (math.isfinite(tau) and tau > 0):
-            _fail("gumbel_tau", tau, "a finite number > 0 (tau = 0 makes the Gumbel-softmax NaN)")
-        self.gumbel_tau = float(tau)
+        self._given = {f.name: getattr(self, f.name) for f in fields(self)}  # before None is resolved
         if isinstance(self.layers, int) and not isinstance(self.layers, bool):
             self.layers = (self.layers,)
-        if not isinstance(self.layers, (list, tuple)) or not self.layers:
-            _fail("layers", self.layers, "a non-empty sequence of distinct block indices >= 0")
-        if not all(_is_int(i) and i >= 0 for i in self.layers) or len(set(self.layers)) != len(self.layers):
-            _fail("layers", self.layers, "a non-empty sequence of distinct block indices >= 0")
-        self.layers = tuple(sorted(self.layers))
-        if self.routing not in ROUTINGS:
-            _fail("routing", self.routing, " or ".join(map(repr, ROUTINGS)))
-        if self.dispatch not in DISPATCHES:
-            _fail("dispatch", self.dispatch, " or ".join(map(repr, DISPATCHES)))
-        if self.gate_input not in GATE_INPUTS:
-            _fail("gate_input", self.gate_input, " or ".join(map(repr, GATE_INPUTS)))
-        if self.halting not in HALTINGS:
-            _fail("halting", self.halting, " or ".join(map(repr, HALTINGS)))
-        if self.halt_per not in HALT_UNITS:
-            _fail("halt_per", self.halt_per, " or ".join(map(repr, HALT_UNITS)))
+        check_values(self)
+        if self.alpha is None:
+            self.alpha = float(self.rank)
         if self.halt_threshold is None:
             self.halt_threshold = HALT_THRESHOLDS.get(self.halting)
-        elif isinstance(self.halt_threshold, bool) or not isinstance(self.halt_threshold, (int, float)) or not (
-            math.isfinite(self.halt_threshold) and self.halt_threshold > 0
-        ):
-            _fail("halt_threshold", self.halt_threshold, "a finite number > 0, or None for the criterion's default")
-        if isinstance(self.ponder_weight, bool) or not isinstance(self.ponder_weight, (int, float)) or not (
-            math.isfinite(self.ponder_weight) and self.ponder_weight >= 0
-        ):
-            _fail("ponder_weight", self.ponder_weight, "a finite number >= 0")
-        for name in ("gumbel_noise_scale", "z_loss_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                    math.isfinite(value) and value >= 0):
-                _fail(name, value, "a finite number >= 0")
-            setattr(self, name, float(value))
-        if self.route_per not in ROUTE_UNITS:
-            _fail("route_per", self.route_per, " or ".join(map(repr, ROUTE_UNITS)))
-        if not isinstance(self.remodulate, bool):
-            _fail("remodulate", self.remodulate, "True or False")
-        if not _is_int(self.seed) or self.seed < 0:
-            _fail("seed", self.seed, "an integer >= 0")
-        weight = self.balance_loss_weight
-        if weight is None:
+        if self.balance_loss_weight is None:
             self.balance_loss_weight = DEFAULT_BALANCE_WEIGHT if self.num_experts > 3 else 0.0
-        elif isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
-            math.isfinite(weight) and weight >= 0
-        ):
-            _fail("balance_loss_weight", weight, "a finite number >= 0, or None for the paper's rule")
-        else:
-            self.balance_loss_weight = float(weight)
+
+    def given(self) -> dict[str, Any]:
+        """The fields as passed to the constructor (``None`` where a value is derived, e.g. ``alpha = rank``)."""
+        return dict(self._given)
+
+    def updated(self, **changes: Any) -> RSRConfig:
+        """A copy with ``changes``, re-deriving every field that was left ``None`` (``alpha`` follows a new
+        ``rank``, the balance weight a new M, the threshold a new criterion), unlike ``dataclasses.replace``."""
+        check_fields(RSRConfig, changes)
+        return RSRConfig(**{**self._given, **changes})
+
+    def resolve_layers(self, num_blocks: int) -> RSRConfig:
+        """This config with ``layers`` named ``"middle"`` / ``"three"`` resolved for ``num_blocks`` blocks."""
+        if self.layers == "middle":
+            return self.updated(layers=(num_blocks // 2,))
+        if self.layers == "three":
+            return self.updated(layers=tuple(sorted({max(0, round(num_blocks * k / 6)) for k in (1, 2, 3)})))
+        return self
 
     @property
     def scaling(self) -> float:
@@ -178,7 +164,8 @@ class RSRConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["layers"] = list(self.layers)
+        if isinstance(self.layers, tuple):
+            data["layers"] = list(self.layers)
         return data
 
     @classmethod

@@ -9,33 +9,34 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
-from thinkpix.argtypes import positive_int
+from ..argtypes import positive_int
+from ..flags import add_config_flags, config_values
+from .config import PLANNER_ROUTINGS, RENDERS, PlannerConfig, TrainConfig, parse_sizes
+from .maps import MAX_SIZE, MIN_SIZE
+
+PLANNER_SKIP = ("recursive", "seed")  # --model rsr|flat; --seed seeds planner and training alike
 
 
 def _sizes(text: str) -> tuple[int, ...]:
-    sizes = tuple(int(s) for s in text.replace(",", " ").split())
-    if not sizes or any(not 3 <= s <= 8 for s in sizes):
-        raise argparse.ArgumentTypeError(f"sizes must be integers in 3..8, got {text!r}")
+    sizes = parse_sizes(text) if text.strip() else ()
+    if not sizes or any(not MIN_SIZE <= s <= MAX_SIZE for s in sizes):
+        raise argparse.ArgumentTypeError(f"sizes must be integers in {MIN_SIZE}..{MAX_SIZE}, got {text!r}")
     return sizes
 
 
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from .model import PlannerConfig, VisualPlanner, parameter_count
-    from .train import TrainConfig, train_planner
+    from .model import VisualPlanner, parameter_count
+    from .train import train_planner
 
-    torch.manual_seed(args.seed)
+    cfg = TrainConfig(**config_values(args, args.train_fields))
+    planner = PlannerConfig(recursive=args.model == "rsr", seed=cfg.seed, **config_values(args, args.planner_fields))
+    torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True)
-    planner = PlannerConfig(recursive=args.model == "rsr", cell_px=args.cell_px, width=args.width, heads=args.heads,
-                            layers=args.layers, rank=args.rank, plan_steps=args.plan_steps,
-                            decoder_layers=args.decoder_layers, positions=args.positions, decoder=args.decoder,
-                            routing=args.routing, render=args.render, seed=args.seed)
-    cfg = TrainConfig(sizes=args.sizes, maps_per_size=args.maps_per_size, steps=args.steps, batch=args.batch,
-                      lr=args.lr, warmup=args.warmup, recon_weight=args.recon_weight, max_minutes=args.max_minutes,
-                      seed=args.seed)
     model = VisualPlanner(planner)
     print(f"{args.model} planner: {parameter_count(model)} parameters")
     summary = train_planner(model, cfg, log_every=args.log_every)
@@ -100,36 +101,13 @@ def add_frozenlake_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
                             "planner.safetensors and train_summary.json to --out. Seeded; deterministic on CPU.")
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--model", choices=("rsr", "flat"), default="rsr",
-                   help="rsr: recursive planner; flat: non-recursive baseline of the same size (default rsr)")
-    t.add_argument("--sizes", type=_sizes, default=(3, 4, 5, 6, 7, 8), help="map sizes, e.g. '3,4' (default 3..8)")
-    t.add_argument("--maps-per-size", type=positive_int, default=2000, help="training maps per size (default 2000)")
-    t.add_argument("--steps", type=positive_int, default=6000, help="optimizer steps (default 6000)")
-    t.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall time")
-    t.add_argument("--batch", type=positive_int, default=32, help="maps per batch, one size per batch (default 32)")
-    t.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (default 1e-3)")
-    t.add_argument("--warmup", type=int, default=100, help="linear warm-up steps (default 100)")
-    t.add_argument("--recon-weight", type=float, default=None,
-                   help="weight of the frame loss (default 1 for --decoder cells, 10 for pixels)")
-    t.add_argument("--decoder", choices=("cells", "pixels"), default="cells",
-                   help="cells: per-cell categorical appearance, drawn with the env's tiles (default); "
-                   "pixels: pixel regression (MSE)")
-    t.add_argument("--decoder-layers", type=positive_int, default=1, help="decoder transformer layers (default 1)")
-    t.add_argument("--positions", choices=("sincos", "learned"), default="sincos",
-                   help="cell positions: fixed sin/cos integer-grid codes (default) or learned row/col tables")
-    t.add_argument("--routing", choices=("sample", "token"), default="sample",
-                   help="inference routing stored with the planner: one action per sample per step (default) "
-                   "or the core's per-token argmax")
-    t.add_argument("--render", choices=("argmax", "one_agent"), default="one_agent",
-                   help="how the cells decoder draws a frame, stored with the planner: exactly one agent per frame, "
-                   "on the cell with the highest agent probability (default), or the argmax of every cell")
-    t.add_argument("--cell-px", type=positive_int, default=8, help="pixels per cell (divides 64; default 8)")
-    t.add_argument("--width", type=positive_int, default=64, help="transformer width (default 64)")
-    t.add_argument("--heads", type=positive_int, default=4, help="attention heads (default 4)")
-    t.add_argument("--layers", type=positive_int, default=4, help="DiT blocks; RSR on the last (default 4)")
-    t.add_argument("--rank", type=positive_int, default=16, help="LoRA rank of each expert (default 16)")
-    t.add_argument("--plan-steps", type=positive_int, default=16, help="longest plan P (default 16)")
-    t.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    t.add_argument("--log-every", type=positive_int, default=100, help="log interval in steps (default 100)")
+                   help="rsr: recursive planner; flat: non-recursive baseline of the same size")
+    train_fields = add_config_flags(t.add_argument_group("training (frozenlake TrainConfig)"), TrainConfig,
+                                    asdict(TrainConfig()))
+    planner_fields = add_config_flags(t.add_argument_group("planner (PlannerConfig, saved with it)"), PlannerConfig,
+                                      asdict(PlannerConfig()), skip=PLANNER_SKIP)
+    t.set_defaults(train_fields=train_fields, planner_fields=planner_fields)
+    t.add_argument("--log-every", type=positive_int, default=100, help="log interval in steps")
     t.set_defaults(func=_train)
 
     e = commands.add_parser("eval", help="closed-loop success / hole / invalid-move rates on held-out maps",
@@ -137,14 +115,14 @@ def add_frozenlake_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
                             "print a markdown table per map size.")
     e.add_argument("--model", nargs="*", default=[], help="planner folders written by `frozenlake train`")
     e.add_argument("--baselines", nargs="*", choices=("random", "oracle"), default=["random", "oracle"],
-                   help="reference planners to include (default: random oracle)")
-    e.add_argument("--sizes", type=_sizes, default=(3, 4, 5, 6, 7, 8), help="map sizes (default 3..8)")
-    e.add_argument("--n", type=positive_int, default=200, help="held-out maps per size (default 200)")
-    e.add_argument("--seed", type=int, default=0, help="map-set seed (default 0)")
+                   help="reference planners to include")
+    e.add_argument("--sizes", type=_sizes, default=(3, 4, 5, 6, 7, 8), help="map sizes, e.g. 3,4")
+    e.add_argument("--n", type=positive_int, default=200, help="held-out maps per size")
+    e.add_argument("--seed", type=int, default=0, help="map-set seed")
     e.add_argument("--json", help="also write the numbers to this JSON file")
-    e.add_argument("--routing", choices=("sample", "token"), default=None,
+    e.add_argument("--routing", choices=PLANNER_ROUTINGS, default=None,
                    help="override the planners' inference routing (default: the one stored with each)")
-    e.add_argument("--render", choices=("argmax", "one_agent"), default=None,
+    e.add_argument("--render", choices=RENDERS, default=None,
                    help="override how the cells decoder draws frames (default: the one stored with each)")
     e.set_defaults(func=_eval)
 
@@ -152,10 +130,10 @@ def add_frozenlake_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
                             description="Top row: the start frame and the frame decoded after every latent step "
                             "(up to the goal or a hole); bottom row: the BFS plan's true frames.")
     s.add_argument("--model", required=True, help="RSR planner folder")
-    s.add_argument("--size", type=int, choices=range(3, 9), default=4, help="map size (default 4)")
-    s.add_argument("--index", type=int, default=0, help="index of the held-out map (default 0)")
-    s.add_argument("--seed", type=int, default=0, help="map-set seed (default 0)")
-    s.add_argument("--scale", type=positive_int, default=2, help="upscaling of the PNG (default 2)")
+    s.add_argument("--size", type=int, choices=range(MIN_SIZE, MAX_SIZE + 1), default=4, help="map size")
+    s.add_argument("--index", type=int, default=0, help="index of the held-out map")
+    s.add_argument("--seed", type=int, default=0, help="map-set seed")
+    s.add_argument("--scale", type=positive_int, default=2, help="upscaling of the PNG")
     s.add_argument("--out", required=True, help="output .png")
     s.set_defaults(func=_show)
     return fl

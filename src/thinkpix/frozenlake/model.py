@@ -44,10 +44,9 @@ hidden width is chosen so that both models have the same parameter count (within
 
 from __future__ import annotations
 
-import json
 import math
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
 
@@ -61,6 +60,7 @@ from ..core.config import RSRConfig
 from ..core.gate import GateDecision
 from ..models.hosts import apply_rsr, rsr_layers
 from ..models.inspect import force_routing
+from .config import PlannerConfig
 from .frames import cell_tiles
 from .maps import MAX_SIZE
 
@@ -79,45 +79,6 @@ def appearance_atlas(cell_px: int) -> Tensor:
     """(20, cell_px * cell_px * 3) float in [0, 1]: the env's cell appearances, flattened (row, col, rgb)."""
     tiles = cell_tiles(cell_px)
     return torch.stack([torch.from_numpy(tiles[key].astype("float32") / 255.0).reshape(-1) for key in APPEARANCES])
-
-
-@dataclass
-class PlannerConfig:
-    """Size of a planner. ``plan_steps`` = P, the longest plan (the RSR planner runs P + 1 latent steps)."""
-
-    recursive: bool = True
-    cell_px: int = 8
-    width: int = 64
-    heads: int = 4
-    layers: int = 4
-    rank: int = 16
-    plan_steps: int = 16
-    decoder_layers: int = 1
-    positions: str = "sincos"
-    decoder: str = "cells"  # "cells": per-cell categorical appearance (rendered from the env's tiles); "pixels"
-    routing: str = "sample"  # inference: "sample" (one action per sample per step) or "token" (per-token argmax)
-    render: str = "one_agent"  # "cells" decoder: exactly one agent per frame ("one_agent") or "argmax" per cell
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.decoder not in ("cells", "pixels"):
-            raise ValueError(f"decoder must be 'cells' or 'pixels', got {self.decoder!r}")
-        if self.routing not in ("sample", "token"):
-            raise ValueError(f"routing must be 'sample' or 'token', got {self.routing!r}")
-        if self.render not in ("argmax", "one_agent"):
-            raise ValueError(f"render must be 'argmax' or 'one_agent', got {self.render!r}")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> PlannerConfig:
-        data = json.loads(text)
-        # planners written before these options existed: pixel decoder, per-token routing
-        data.setdefault("decoder", "pixels")
-        data.setdefault("routing", "token")
-        data.setdefault("render", "argmax")
-        return cls(**data)
 
 
 class PlanOutput(NamedTuple):

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import TrainConfig
 from .frames import render_frame
 from .maps import find_cell, map_set, path_cells, shortest_path
 from .model import POSES, PlannerConfig, VisualPlanner, appearance_atlas, appearance_index
@@ -74,20 +75,6 @@ def true_frames(data: PlanData, cell_px: int) -> Tensor:
     n, c = data.size, cell_px
     pix = appearance_atlas(cell_px)[data.appear].view(*data.appear.shape[:2], n, n, c, c, 3)
     return pix.permute(0, 1, 2, 4, 3, 5, 6).reshape(*data.appear.shape[:2], n * c, n * c, 3)
-
-
-@dataclass
-class TrainConfig:
-    sizes: tuple[int, ...] = (3, 4, 5, 6, 7, 8)
-    maps_per_size: int = 2000
-    steps: int = 2000
-    batch: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup: int = 100
-    recon_weight: float | None = None  # None: 1 for the "cells" decoder (cross-entropy), 10 for "pixels" (MSE)
-    max_minutes: float | None = None
-    seed: int = 0
 
 
 def planner_loss(model: VisualPlanner, data: PlanData, idx: Tensor, atlas: Tensor,

@@ -107,8 +107,8 @@ def _hook_timestep(transformer: nn.Module, session: RSRSession, scale: float):
 
 
 def apply_rsr(transformer: nn.Module, config: RSRConfig) -> nn.Module:
-    """Install RSR on ``config.layers`` of a supported transformer (``SUPPORTED_MODELS``); freeze every base
-    parameter.
+    """Install RSR on ``config.layers`` (indices, or ``"middle"`` / ``"three"``) of a supported transformer
+    (``SUPPORTED_MODELS``); freeze every base parameter.
 
     Only the RSR parameters (``rsr_parameters``) train afterwards. Returns the transformer.
     """
@@ -117,6 +117,7 @@ def apply_rsr(transformer: nn.Module, config: RSRConfig) -> nn.Module:
         raise TypeError(f"config must be a thinkpix.RSRConfig, got {type(config).__name__}")
     if rsr_install(transformer) is not None:
         raise ValueError("RSR is already installed on this transformer: call thinkpix.remove_rsr first")
+    config = config.resolve_layers(num_blocks(transformer))  # "middle" / "three" to block indices
     check_layers(transformer, config.layers)
     requires_grad = {name: p.requires_grad for name, p in transformer.named_parameters()}
     session = RSRSession()

@@ -1,20 +1,10 @@
 """Fine-tuning and pretraining on accelerate (one CPU, one GPU, or many processes)."""
 
-from ..pipelines import TrainTarget, load_pipeline
-from .config import PRESETS, TrainConfig, preset
-from .data import ImageDataset, batch_indices, load_image_folder
-from .loop import TrainingDiverged, TrainResult, train
+from .._lazy import lazy_exports
 
-__all__ = [
-    "PRESETS",
-    "ImageDataset",
-    "TrainConfig",
-    "TrainResult",
-    "TrainTarget",
-    "TrainingDiverged",
-    "batch_indices",
-    "load_image_folder",
-    "load_pipeline",
-    "preset",
-    "train",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "..pipelines": ("TrainTarget", "load_pipeline"),
+    ".config": ("PRESETS", "TrainConfig", "preset"),
+    ".data": ("ImageDataset", "batch_indices", "load_image_folder"),
+    ".loop": ("TrainingDiverged", "TrainResult", "train"),
+})

@@ -6,157 +6,136 @@ LoRA rank 128, Gumbel tau 5.0, looped layer 12 or (4, 8, 12).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..core.config import DISPATCHES, HALTINGS, ROUTE_UNITS, check_fields
+from ..core.config import RSRConfig
+from ..core.fields import (
+    BOOLEAN,
+    FINITE,
+    FRACTION,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    OPEN_FRACTION,
+    POSITIVE,
+    POSITIVE_INT,
+    check_fields,
+    check_values,
+    documented,
+    fail,
+    knob,
+)
 
 METHODS = ("rsr", "sft", "full")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
-LAYER_CHOICES = ("middle", "three")
 LR_SCHEDULERS = ("constant", "linear", "cosine")
+RSR_FIELDS = tuple(f.name for f in fields(RSRConfig) if f.name != "seed")  # TrainConfig.seed seeds RSR too
 FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch here
 
 
+def _default_rsr() -> RSRConfig:
+    return RSRConfig(layers="middle")
+
+
+@documented
 @dataclass
 class TrainConfig:
     """Everything that decides a training run (and nothing about where data or models live).
 
-    ``method``: ``"rsr"`` (experts + gate), ``"sft"`` (plain LoRA: RSR with M=1, T=1 on the same layers),
-    or ``"full"`` (every transformer parameter; used to pretrain the Shapes bases).
-    ``condition_dropout``: share of captions replaced by the empty prompt, so that classifier-free
-    guidance has an unconditional model (class models drop labels inside DiT's label embedding).
-    ``lr_scheduler``: ``"constant"``, ``"linear"`` or ``"cosine"`` decay to zero after
-    ``lr_warmup_steps`` of linear warm-up, as diffusers' ``get_scheduler``; with ``lr_decay_steps`` the
-    decay covers only the last that many steps (warmup-stable-decay, see :meth:`lr_at`).
-    ``layers``: block indices, or ``"middle"`` (L // 2, the paper's layer 12 of 24) or ``"three"``
-    (L/6, L/3, L/2 rounded, the paper's 4, 8, 12 of 24).
-
-    Routing options beyond the paper (defaults: the paper's behaviour) are described by their ``help``
-    metadata; ``gumbel_at`` gives the temperature and noise-scale schedule.
+    It holds the run's :class:`~thinkpix.RSRConfig` as ``rsr``; every RSR field can also be given and read by
+    its own name (``TrainConfig(rank=16).rank``, ``preset("shapes", num_experts=3)``). The training default
+    of ``layers`` is ``"middle"`` (block L // 2).
     """
 
-    method: str = "rsr"
-    num_experts: int = 2
-    latent_steps: int = 2
-    rank: int = 128
-    gumbel_tau: float = 5.0
-    layers: Any = "middle"
-    routing: str = "learned"
-    gate_input: str = "full"
-    balance_loss_weight: float | None = None
-    halting: str = "none"  # RSRConfig.halting; "learned" trains an ACT halting head with the ponder cost
-    halt_threshold: float | None = None
-    ponder_weight: float = 0.01
-    dispatch: str = field(default="sorted", metadata={"help": "'sorted' (Switch-style straight-through: only the "
-                          "chosen expert's term reaches the gate) or 'dense' (every expert computed: the exact "
-                          "straight-through estimator)"})
-    route_per: str = field(default="token", metadata={"help": "'token' (paper) or 'sample': one expert per sample "
-                           "and latent step (InstructMoLE)"})
-    z_loss_weight: float = field(default=0.0, metadata={"help": "router z-loss weight (ST-MoE uses 1e-3; 0 = off, "
-                                 "the paper)"})
-    gate_lr_multiplier: float = field(default=1.0, metadata={"help": "learning rate of the gate parameters "
-                                      "relative to learning_rate (paper: 1)"})
-    gumbel_tau_end: float | None = field(default=None, metadata={"help": "anneal tau geometrically from "
-                                         "gumbel_tau to this over training (None: constant). Changes only the "
-                                         "straight-through gradient, not how random the routes are"})
-    gumbel_noise_end: float | None = field(default=None, metadata={"help": "anneal the Gumbel noise scale "
-                                           "linearly from 1 to this (>= 0) over training (None: constant 1, the "
-                                           "paper); lower noise makes training routes follow the eval argmax"})
-    learning_rate: float = 5e-4
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    lr_decay_steps: int | None = None  # None: decay from the end of warm-up (diffusers' linear/cosine)
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    gradient_accumulation_steps: int = 1
-    max_steps: int = 1000
-    mixed_precision: str = "no"
-    step_checkpointing: bool = False
-    fsdp: bool = False  # shard blocks, gradients and optimizer state over processes (FSDP2; train/sharding.py)
-    ema_decay: float | None = None
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int = 2
-    validation_steps: int = 0
-    condition_dropout: float = 0.0
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
+    method: str = knob("rsr", "'rsr' (experts + gate), 'sft' (plain LoRA: RSR with M=1, T=1 on the same layers) "
+                       "or 'full' (every transformer parameter; used to pretrain the Shapes bases).", choices=METHODS)
+    rsr: RSRConfig = knob(help="The RSR component trained (methods rsr and sft).",
+                          default_factory=_default_rsr)
+    learning_rate: float = knob(5e-4, "AdamW peak learning rate (paper: 5e-4).", check=POSITIVE)
+    lr_scheduler: str = knob("constant", "Decay to 0 at max_steps after lr_warmup_steps of linear warm-up, as "
+                             "diffusers' get_scheduler.", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = knob(0, "Linear warm-up steps.", check=NON_NEGATIVE_INT)
+    lr_decay_steps: int | None = knob(None, "Decay only over the last N steps (warmup-stable-decay, e.g. the "
+                                      "cool-down of a resumed run; needs lr_scheduler linear or cosine).",
+                                      check=POSITIVE_INT, none="decay from the end of warm-up (diffusers')")
+    adam_beta1: float = knob(0.9, "AdamW beta1.", check=FRACTION)
+    adam_beta2: float = knob(0.999, "AdamW beta2.", check=FRACTION)
+    weight_decay: float = knob(0.0, "AdamW weight decay.", check=NON_NEGATIVE, aliases=("adam_weight_decay",))
+    batch_size: int = knob(128, "Global batch per optimizer step, over all processes and accumulation steps "
+                           "(paper: 128).", check=POSITIVE_INT)
+    gradient_accumulation_steps: int = knob(1, "Micro-batches per optimizer step.", check=POSITIVE_INT)
+    max_steps: int = knob(1000, "Optimizer steps of the run.", check=POSITIVE_INT, aliases=("max_train_steps",))
+    mixed_precision: str = knob("no", "Autocast dtype of the forward pass (trainable parameters stay fp32).",
+                                choices=MIXED_PRECISIONS)
+    step_checkpointing: bool = knob(False, "Activation checkpointing across latent steps (less memory, more "
+                                    "compute).", check=BOOLEAN)
+    fsdp: bool = knob(False, "Shard the transformer's blocks, gradients and optimizer state over the processes "
+                      "(FSDP2, train/sharding.py; launch with accelerate launch --num_processes N).", check=BOOLEAN)
+    ema_decay: float | None = knob(None, "EMA of the trained weights; the final weights are the EMA's.",
+                                   check=OPEN_FRACTION, none="no EMA")
+    checkpointing_steps: int = knob(500, "Save a resumable checkpoint every N steps.", check=POSITIVE_INT)
+    checkpoints_total_limit: int = knob(2, "Checkpoints kept (older ones are pruned).", check=POSITIVE_INT)
+    validation_steps: int = knob(0, "Sample the validation prompts every N steps (0: never).",
+                                 check=NON_NEGATIVE_INT)
+    condition_dropout: float = knob(0.0, "Share of captions replaced by the empty prompt, so that classifier-free "
+                                    "guidance has an unconditional model (class models drop labels inside DiT's "
+                                    "label embedding).", check=FRACTION)
+    logit_mean: float = knob(0.0, "Mean of the logit-normal timestep density (flow matching, SD3's).", check=FINITE)
+    logit_std: float = knob(1.0, "Std of the logit-normal timestep density.", check=POSITIVE)
+    max_grad_norm: float = knob(1.0, "Gradient clipping norm.", check=POSITIVE)
+    seed: int = knob(0, "Seeds data order, noise, timesteps and dropout per (step, process), and the RSR weights "
+                     "and Gumbel noise (RSRConfig.seed).", check=NON_NEGATIVE_INT)
+    gate_lr_multiplier: float = knob(1.0, "Learning rate of the gate parameters relative to learning_rate (paper: 1).",
+                                     check=POSITIVE)
+    gumbel_tau_end: float | None = knob(None, "Anneal tau geometrically from gumbel_tau to this over training. Changes "
+                                        "only the straight-through gradient, not how random the routes are.",
+                                        check=POSITIVE, none="constant tau (the paper)")
+    gumbel_noise_end: float | None = knob(None, "Anneal the Gumbel noise scale linearly from 1 to this over training; "
+                                          "lower noise makes training routes follow the eval-mode argmax.",
+                                          check=NON_NEGATIVE, none="constant 1 (the paper)")
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            _fail("method", self.method, METHODS)
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            _fail("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
-        if isinstance(self.lr_warmup_steps, bool) or not isinstance(self.lr_warmup_steps, int) or (
-                self.lr_warmup_steps < 0):
-            _fail("lr_warmup_steps", self.lr_warmup_steps, "an integer >= 0")
-        if self.lr_decay_steps is not None and (self.lr_scheduler == "constant" or isinstance(
-                self.lr_decay_steps, bool) or not isinstance(self.lr_decay_steps, int) or self.lr_decay_steps < 1):
-            _fail("lr_decay_steps", self.lr_decay_steps, "None, or an integer >= 1 with lr_scheduler 'linear' or "
-                  "'cosine'")
+    def __init__(self, rsr: RSRConfig | dict | None = None, **values: Any) -> None:
+        """Training fields by name; RSR fields by name (merged into ``rsr``) or as an ``RSRConfig``/dict."""
+        check_fields(TrainConfig, values, extra=RSR_FIELDS)
+        given = {name: values.pop(name) for name in RSR_FIELDS if name in values}
+        for f in fields(self):
+            if f.name != "rsr":
+                setattr(self, f.name, values[f.name] if f.name in values else (
+                    f.default_factory() if f.default is dataclasses.MISSING else f.default))
+        if isinstance(rsr, dict):
+            rsr = RSRConfig.from_dict(rsr)
+        if not isinstance(rsr, (RSRConfig, type(None))):
+            fail(self, "rsr", rsr, "an RSRConfig, a dict of its fields, or None")
+        self.rsr = _default_rsr() if rsr is None else rsr
+        check_values(self)
+        self.rsr = self.rsr.updated(**given, seed=self.seed)
+        self._check_combinations()
+
+    def __getattr__(self, name: str) -> Any:
+        rsr = self.__dict__.get("rsr")
+        if rsr is not None and name in RSR_FIELDS:
+            return getattr(rsr, name)  # the RSR knobs read by their own names
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _check_combinations(self) -> None:
+        if self.lr_decay_steps is not None and self.lr_scheduler == "constant":
+            fail(self, "lr_decay_steps", self.lr_decay_steps, "None, or an integer >= 1 with lr_scheduler 'linear' "
+                 "or 'cosine'")
         if self.lr_decay_steps is not None and self.lr_decay_steps > self.max_steps - self.lr_warmup_steps:
-            _fail("lr_decay_steps", self.lr_decay_steps, f"at most max_steps - lr_warmup_steps = "
-                  f"{self.max_steps - self.lr_warmup_steps} (the decay starts after the warm-up)")
-        if self.mixed_precision not in MIXED_PRECISIONS:
-            _fail("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
-        if isinstance(self.layers, list):
-            self.layers = tuple(self.layers)
-        if isinstance(self.layers, int) and not isinstance(self.layers, bool):
-            self.layers = (self.layers,)
-        if not (self.layers in LAYER_CHOICES or (isinstance(self.layers, tuple) and self.layers)):
-            _fail("layers", self.layers, "'middle', 'three' or a non-empty tuple of block indices")
-        for name in ("num_experts", "latent_steps", "rank", "batch_size", "gradient_accumulation_steps",
-                     "max_steps", "checkpointing_steps", "checkpoints_total_limit"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                _fail(name, value, "an integer >= 1")
-        for name in ("learning_rate", "gumbel_tau", "logit_std", "max_grad_norm"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                _fail(name, value, "a finite number > 0")
-        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
-            _fail("adam_beta1/adam_beta2", (self.adam_beta1, self.adam_beta2), "numbers in [0, 1)")
+            fail(self, "lr_decay_steps", self.lr_decay_steps, f"at most max_steps - lr_warmup_steps = "
+                 f"{self.max_steps - self.lr_warmup_steps} (the decay starts after the warm-up)")
         if self.learning_rate / (1 - self.adam_beta1) > FLOAT32_MAX:  # AdamW's first step size overflows to inf
-            _fail("learning_rate", self.learning_rate, f"numbers whose first AdamW step, learning_rate / "
-                  f"(1 - adam_beta1), fits in float32 (below {FLOAT32_MAX * (1 - self.adam_beta1):.3g})")
-        if self.weight_decay < 0:
-            _fail("weight_decay", self.weight_decay, "a number >= 0")
-        if not 0 <= self.condition_dropout < 1:
-            _fail("condition_dropout", self.condition_dropout, "a number in [0, 1)")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            _fail("ema_decay", self.ema_decay, "None or a number in (0, 1)")
-        if self.validation_steps < 0 or self.seed < 0:
-            _fail("validation_steps/seed", (self.validation_steps, self.seed), "integers >= 0")
-        if self.halting not in HALTINGS:
-            _fail("halting", self.halting, " or ".join(map(repr, HALTINGS)))
-        self._check_routing_options()
+            fail(self, "learning_rate", self.learning_rate, f"numbers whose first AdamW step, learning_rate / "
+                 f"(1 - adam_beta1), fits in float32 (below {FLOAT32_MAX * (1 - self.adam_beta1):.3g})")
         if self.fsdp and self.method == "full":
-            _fail("fsdp", self.fsdp, "False with method 'full' (FSDP shards RSR/SFT fine-tuning of large hosts; "
-                  "pretraining the small Shapes bases runs with DDP)")
-        if self.method == "sft":
-            self.num_experts, self.latent_steps = 1, 1
-
-    def _check_routing_options(self) -> None:
-        if self.dispatch not in DISPATCHES:
-            _fail("dispatch", self.dispatch, DISPATCHES)
-        if self.route_per not in ROUTE_UNITS:
-            _fail("route_per", self.route_per, ROUTE_UNITS)
-        for name, low in (("z_loss_weight", 0.0), ("gate_lr_multiplier", None), ("gumbel_tau_end", None),
-                          ("gumbel_noise_end", 0.0)):
-            value = getattr(self, name)
-            if value is None and name.startswith("gumbel"):
-                continue
-            bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            if bad or (value < low if low is not None else value <= 0):
-                allowed = f"a finite number {'>= 0' if low is not None else '> 0'}"
-                _fail(name, value, allowed + (", or None for no schedule" if name.startswith("gumbel") else ""))
+            fail(self, "fsdp", self.fsdp, "False with method 'full' (FSDP shards RSR/SFT fine-tuning of large hosts; "
+                 "pretraining the small Shapes bases runs with DDP)")
+        if self.method == "sft" and (self.rsr.num_experts, self.rsr.latent_steps) != (1, 1):
+            self.rsr = self.rsr.updated(num_experts=1, latent_steps=1)
 
     def gumbel_at(self, step: int) -> tuple[float, float]:
         """Gumbel temperature and noise scale at optimizer step ``step`` (0-based): a pure function of the step,
@@ -191,32 +170,16 @@ class TrainConfig:
             return self.learning_rate * (1.0 - progress)
         return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    def block_indices(self, num_blocks: int) -> tuple[int, ...]:
-        """Resolve ``layers`` for a transformer with ``num_blocks`` blocks."""
-        if self.layers == "middle":
-            return (num_blocks // 2,)
-        if self.layers == "three":
-            return tuple(sorted({max(0, round(num_blocks * k / 6)) for k in (1, 2, 3)}))
-        return tuple(self.layers)
-
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if isinstance(self.layers, tuple):
-            data["layers"] = list(self.layers)
-        return data
+        return {**asdict(self), "rsr": self.rsr.to_dict()}
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        check_fields(cls, data)
+        """From :meth:`to_dict` (``rsr`` nested) or the flat form of earlier versions."""
         return cls(**data)
-
-
-def _fail(name: str, value: Any, allowed: Any) -> None:
-    allowed = " or ".join(map(repr, allowed)) if isinstance(allowed, tuple) else allowed
-    raise ValueError(f"TrainConfig.{name}={value!r} is invalid: allowed values are {allowed}")
 
 
 PAPER = TrainConfig()
@@ -245,6 +208,4 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
     """A named preset with fields overridden (``None`` values are ignored)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; allowed presets are {sorted(PRESETS)}")
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    check_fields(TrainConfig, overrides)
-    return TrainConfig(**{**PRESETS[name].to_dict(), **overrides})
+    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})

@@ -67,13 +67,16 @@ def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def load_image_folder(root: str | Path, image_size: int | None = None) -> ImageDataset:
-    """Load an image-caption folder or a class folder (detected by the presence of ``metadata.jsonl``)."""
+def load_image_folder(root: str | Path, image_size: int | None = None, caption_column: str = "text") -> ImageDataset:
+    """Load an image-caption folder or a class folder (detected by the presence of ``metadata.jsonl``).
+
+    ``caption_column``: the key of ``metadata.jsonl`` holding the caption (diffusers' ``--caption_column``).
+    """
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"data folder {root} does not exist")
     if (root / "metadata.jsonl").is_file():
-        return _load_captions(root, image_size)
+        return _load_captions(root, image_size, caption_column)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise UserError(f"data folder {root} is empty: expected metadata.jsonl with images, or class sub-folders")
@@ -88,21 +91,22 @@ def load_image_folder(root: str | Path, image_size: int | None = None) -> ImageD
     return ImageDataset(_to_tensor(arrays), labels=torch.tensor(labels), class_names=classes)
 
 
-def _load_captions(root: Path, image_size: int | None) -> ImageDataset:
+def _load_captions(root: Path, image_size: int | None, caption_column: str) -> ImageDataset:
     arrays, captions = [], []
     for line_no, line in enumerate((root / "metadata.jsonl").read_text().splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            name, text = record["file_name"], record["text"]
+            name, text = record["file_name"], record[caption_column]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise UserError(
                 f"{root / 'metadata.jsonl'} line {line_no} is malformed ({err}): expected "
-                '{"file_name": ..., "text": ...}'
+                f'{{"file_name": ..., "{caption_column}": ...}} (the caption column is --caption-column)'
             ) from None
         if not isinstance(text, str) or not isinstance(name, str):  # null would train on the caption "None"
-            raise UserError(f"{root / 'metadata.jsonl'} line {line_no}: \"file_name\" and \"text\" must be strings, "
+            raise UserError(f"{root / 'metadata.jsonl'} line {line_no}: \"file_name\" and \"{caption_column}\" must be "
+                            f"strings, "
                             f"got {json.dumps(name)} and {json.dumps(text)} (use \"\" for an empty caption)")
         arrays.append(_load_image(root / name, image_size))
         captions.append(text)

@@ -25,7 +25,6 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from ..core.config import RSRConfig
 from ..core.health import gradient_scalars, health_scalars
 from ..core.stats import step_stats
 from ..errors import UserError
@@ -91,13 +90,7 @@ def trainable_parameters(target: TrainTarget, cfg: TrainConfig) -> dict[str, tor
             module.requires_grad_(True)
             named.update({f"{prefix}.{n}": p for n, p in module.named_parameters()})
         return named
-    rsr = RSRConfig(num_experts=cfg.num_experts, latent_steps=cfg.latent_steps, rank=cfg.rank,
-                    gumbel_tau=cfg.gumbel_tau, layers=cfg.block_indices(num_blocks(transformer)),
-                    routing=cfg.routing, gate_input=cfg.gate_input, balance_loss_weight=cfg.balance_loss_weight,
-                    halting=cfg.halting, halt_threshold=cfg.halt_threshold, ponder_weight=cfg.ponder_weight,
-                    dispatch=cfg.dispatch, route_per=cfg.route_per, z_loss_weight=cfg.z_loss_weight,
-                    seed=cfg.seed)
-    apply_rsr(transformer, rsr)
+    apply_rsr(transformer, cfg.rsr)
     set_step_checkpointing(transformer, cfg.step_checkpointing)
     return _rsr_named_parameters(transformer)
 

@@ -173,14 +173,16 @@ def check_resume_config(path: Path, saved: dict, config: TrainConfig, num_blocks
     """Refuse a resume whose config changes a field that shapes the model (``MODEL_FIELDS``); layers are
     compared as block indices of this ``num_blocks``-block transformer ("middle" and its index agree)."""
     current = config.to_dict()
+    # RSR fields by their own names (a flat config, written before TrainConfig held an RSRConfig, has them on top)
+    current, saved = {**current["rsr"], **current}, {**saved.get("rsr", {}), **saved}
     for name in MODEL_FIELDS.get(config.method, ("method",)):
         if name not in saved:
             continue
         then, now = saved[name], current[name]
         if name == "layers":
             with contextlib.suppress(ValueError):
-                then = list(replace(config, layers=then).block_indices(num_blocks))
-            now = list(config.block_indices(num_blocks))
+                then = list(replace(config, layers=then).rsr.resolve_layers(num_blocks).layers)
+            now = list(config.rsr.resolve_layers(num_blocks).layers)
         if then != now:
             raise UserError(f"checkpoint {path} was trained with {name}={then!r}, this run has {name}={now!r}: "
                             f"resume with the same {name}, or start a new run in another --output-dir")
