@@ -97,8 +97,8 @@ class RSRConfig:
                             "step after the first (Sec. 3.3 equations; Algorithm 1 omits it).", check=BOOLEAN)
     dispatch: str = knob("sorted", "'sorted' (tokens sorted by expert, one matmul per expert segment: cost flat in "
                          "M), 'grouped' (the same results with static shapes and no host read: what 'sorted' "
-                         "runs as under torch.compile) or 'dense' (every expert computed and masked: the correctness reference, "
-                         "and the exact straight-through gradient for the gate).",
+                         "runs as under torch.compile) or 'dense' (every expert computed and masked: the correctness "
+                         "reference, and the exact straight-through gradient for the gate).",
                          choices=DISPATCHES)
     gate_input: str = knob("full", "What the gate sees: 'full' (tokens + timestep/condition + latent-step "
                            "embedding, as in the paper) or 'tokens' (tokens only: the Fig. 4 ablation).",
