@@ -160,9 +160,9 @@ def test_z_loss_is_in_the_aux_loss_with_its_weight(tmp_path):
     ({"gate_lr_multiplier": 0}, r"TrainConfig.gate_lr_multiplier=0 is invalid.*> 0"),
     ({"gumbel_tau_end": -1.0}, r"TrainConfig.gumbel_tau_end=-1.0 is invalid.*> 0"),
     ({"gumbel_noise_end": -0.1}, r"TrainConfig.gumbel_noise_end=-0.1 is invalid.*>= 0"),
-    ({"z_loss_weight": float("nan")}, r"TrainConfig.z_loss_weight=nan"),
-    ({"route_per": "batch"}, r"TrainConfig.route_per='batch' is invalid.*'token' or 'sample'"),
-    ({"dispatch": "loop"}, r"TrainConfig.dispatch='loop' is invalid"),
+    ({"z_loss_weight": float("nan")}, r"RSRConfig.z_loss_weight=nan"),
+    ({"route_per": "batch"}, r"RSRConfig.route_per='batch' is invalid.*'token' or 'sample'"),
+    ({"dispatch": "loop"}, r"RSRConfig.dispatch='loop' is invalid"),
 ])
 def test_bad_routing_options_are_refused_by_name(fields, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -240,9 +240,9 @@ def test_finetune_cli_reaches_the_routing_options():
         ["finetune", "--pretrained-model-name-or-path", "p", "--train-data-dir", "d", "--output-dir", "o",
          "--gate-lr-multiplier", "10", "--gumbel-noise-end", "0.1", "--gumbel-tau-end", "1", "--z-loss-weight",
          "1e-3", "--route-per", "sample", "--dispatch", "dense", "--balance-loss-weight", "0.01"])
-    from thinkpix.cli import _train_config
+    from thinkpix.train.cli import train_config
 
-    cfg = _train_config(args, method="rsr")
+    cfg = train_config(args, method="rsr")
     assert (cfg.gate_lr_multiplier, cfg.gumbel_noise_end, cfg.gumbel_tau_end, cfg.z_loss_weight, cfg.route_per,
             cfg.dispatch, cfg.balance_loss_weight) == (10.0, 0.1, 1.0, 1e-3, "sample", "dense", 0.01)
     assert preset("shapes").gate_lr_multiplier == 1.0
