@@ -34,6 +34,7 @@ verdict never depends on the order in which objects were drawn.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -60,6 +61,9 @@ FILL = {"square": 1.0, "circle": np.pi / 4, "triangle": 0.5, "diamond": 0.5}
 """Area of each outline over its extent squared: sizes a fit from a component's area."""
 
 _DIRECTIONS = np.array(list(COLORS.values()), dtype=np.float64) / 255.0
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
+"""ITU-R BT.601 luma, the Y of JPEG's YCbCr."""
+_PALETTE_LUMA = _DIRECTIONS * 255.0 @ LUMA_WEIGHTS
 _COLOR_NAMES = tuple(COLORS)
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -116,6 +120,11 @@ def as_rgb(image: object) -> np.ndarray:
 
 def segment_colors(image: np.ndarray) -> np.ndarray:
     """Per-pixel labels: 0 background, ``k`` for the ``k``-th colour of ``COLORS`` (1-based), -1 unknown colour."""
+    return _segment(image)[0]
+
+
+def _segment(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`segment_colors`'s labels, and for every pixel the label of its nearest core pixel (0: no core)."""
     pixels = as_rgb(image).astype(np.float64)
     level = pixels.max(axis=-1)
     direction = pixels / np.maximum(level, 1.0)[..., None]
@@ -134,13 +143,15 @@ def segment_colors(image: np.ndarray) -> np.ndarray:
             if size < max(MIN_CORE_PIXELS, share * in_blob.sum()):
                 core[in_blob & (core_labels == name)] = False
     labels = np.zeros(level.shape, dtype=np.int64)
+    nearest = np.zeros(level.shape, dtype=np.int64)
     if core.any():
         _, (rows, cols) = ndimage.distance_transform_edt(~core, return_indices=True)
-        labels[foreground] = core_labels[rows, cols][foreground]
+        nearest = core_labels[rows, cols]
+        labels[foreground] = nearest[foreground]
     # a blob with no core left (dim or off-palette all through) is one object of unknown colour
     without_core = np.setdiff1d(np.unique(blobs[foreground]), np.unique(blobs[core]))
     labels[np.isin(blobs, without_core) & foreground] = -1
-    return labels
+    return labels, nearest
 
 
 def elongation(mask: np.ndarray) -> float:
@@ -161,39 +172,64 @@ def _exact_template(box_mask: np.ndarray) -> str | None:
     return next((shape for shape in SHAPES if np.array_equal(box_mask, shape_mask(shape, width, height))), None)
 
 
-def fit_shape(mask: np.ndarray) -> tuple[str, float]:
-    """Best ``(shape, IoU)`` of outlines fitted to a boolean mask (in image coordinates; see step 4)."""
+class Fit(NamedTuple):
+    """The outline that fits a mask best: its shape, IoU and box (``(x1, y1, x2, y2)``, clipped to the image)."""
+
+    shape: str
+    iou: float
+    box: tuple[int, int, int, int]
+
+
+def fit_shape(mask: np.ndarray) -> Fit:
+    """The best outline fitted to a boolean mask (in image coordinates; see step 4)."""
     ys, xs = np.nonzero(mask)
     exact = _exact_template(mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
     if exact is not None:
-        return exact, 1.0
-    area = len(xs)
+        return Fit(exact, 1.0, _box(mask))
     top, left = max(ys.min() - 4, 0), max(xs.min() - 4, 0)
     crop = mask[top : ys.max() + 5, left : xs.max() + 5]
-    height, width = crop.shape
-    # outlines are drawn on the crop grid padded by one pixel, then slid by -1, 0, 1 px on each axis
-    gy, gx = np.mgrid[-1 : height + 1, -1 : width + 1] + 0.5
-    centre_x, centre_y = xs.mean() + 0.5 - left, ys.mean() + 0.5 - top
-    best = ("", -1.0)
+    gy, gx = np.mgrid[: crop.shape[0], : crop.shape[1]] + 0.5
+    centre = np.array([xs.mean() + 0.5 - left, ys.mean() + 0.5 - top])
+    best = Fit("", -1.0, (0, 0, 0, 0))
     for shape in SHAPES:
-        # an outline's centroid: its centre, except a triangle's, 1/3 of the half-side below it (apex up)
-        offset = 1.0 / 3.0 if shape == "triangle" else 0.0
-        extents = np.sqrt(area / FILL[shape]) * np.array(SCALES)
-        angles = np.deg2rad(ANGLES if shape != "circle" else (0,))
-        half = np.repeat(extents, len(angles))[:, None, None] / 2.0
-        theta = np.tile(angles, len(extents))[:, None, None]
-        cx = centre_x + np.sin(theta) * offset * half
-        cy = centre_y - np.cos(theta) * offset * half
-        dx, dy = gx[None] - cx, gy[None] - cy
-        inside = shape_inside(shape, (np.cos(theta) * dx + np.sin(theta) * dy) / half,
-                              (-np.sin(theta) * dx + np.cos(theta) * dy) / half)
-        for sy in range(3):
-            for sx in range(3):
-                moved = inside[:, sy : sy + height, sx : sx + width]
-                iou = float(((moved & crop).sum(axis=(1, 2)) / (moved | crop).sum(axis=(1, 2))).max())
-                if iou > best[1] + 1e-9:
-                    best = (shape, iou)
+        # coarse grid: sizes from the area, turns, whole-pixel moves of the centroid; then a finer grid around
+        # its best, twice (a lump of a pixel moves the centroid and the area, not the outline that fits best)
+        extents = np.sqrt(len(xs) / FILL[shape]) * np.array(SCALES)
+        angles = np.array(ANGLES if shape != "circle" else (0,), dtype=np.float64)
+        params = _grid(extents, angles, centre[0] + np.arange(-1, 2), centre[1] + np.arange(-1, 2))
+        for step in (None, 1.0, 0.5):
+            if step is not None:
+                extent, angle, cx, cy = params[np.argmax(ious)]
+                params = _grid(extent * (1 + 0.05 * step * np.arange(-1, 2)),
+                               angle + (2.5 * step * np.arange(-1, 2) if shape != "circle" else np.zeros(1)),
+                               cx + 0.5 * step * np.arange(-1, 2), cy + 0.5 * step * np.arange(-1, 2))
+            inside = _outlines(shape, params, gx, gy)
+            ious = (inside & crop).sum(axis=(1, 2)) / (inside | crop).sum(axis=(1, 2))
+        if ious.max() > best.iou + 1e-9:
+            # the box is the fitted outline's: a lump of a pixel widens the drawing's box, not the shape's
+            outline = np.zeros_like(mask)
+            outline[top : top + crop.shape[0], left : left + crop.shape[1]] = inside[np.argmax(ious)]
+            best = Fit(shape, float(ious.max()), _box(outline if outline.any() else mask))
     return best
+
+
+def _grid(extents: np.ndarray, angles: np.ndarray, cxs: np.ndarray, cys: np.ndarray) -> np.ndarray:
+    """All ``(extent, angle, cx, cy)`` combinations, one a row."""
+    return np.stack(np.meshgrid(extents, angles, cxs, cys, indexing="ij"), axis=-1).reshape(-1, 4)
+
+
+def _outlines(shape: str, params: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """Masks ``(len(params), *gx.shape)`` of the outline of ``shape`` at each row ``(extent, angle, cx, cy)`` of
+    ``params`` (cx, cy: the outline's centroid; a triangle's lies 1/3 of the half-side below its centre, apex up),
+    sampled at pixel centres ``(gx, gy)``."""
+    extent, theta, cx, cy = (params[:, k, None, None] for k in range(4))
+    theta = np.deg2rad(theta)
+    half = extent / 2.0
+    offset = 1.0 / 3.0 if shape == "triangle" else 0.0
+    dx = gx[None] - (cx + np.sin(theta) * offset * half)
+    dy = gy[None] - (cy - np.cos(theta) * offset * half)
+    return shape_inside(shape, (np.cos(theta) * dx + np.sin(theta) * dy) / half,
+                        (-np.sin(theta) * dx + np.cos(theta) * dy) / half)
 
 
 def size_of(box: tuple[int, int, int, int], image_size: int) -> str:
@@ -207,11 +243,34 @@ def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
     return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
 
 
-def _as_shape(mask: np.ndarray, min_iou: float) -> tuple[str, float] | None:
+def _as_shape(mask: np.ndarray, min_iou: float) -> Fit | None:
     if elongation(mask) > MAX_ELONGATION:
         return None
-    shape, iou = fit_shape(mask)
-    return (shape, iou) if iou >= min_iou else None
+    fit = fit_shape(mask)
+    return fit if fit.iou >= min_iou else None
+
+
+def _luma_outline(mask: np.ndarray, luma: np.ndarray, nearest: np.ndarray, index: int) -> np.ndarray | None:
+    """The component read from luma instead of its brightest channel: pixels (of the component grown by one)
+    whose nearest core has its colour and whose luma reaches half the palette colour's. JPEG keeps luma at full
+    resolution but halves chroma (4:2:0), which smears a blue or red object's brightest channel; ``None``
+    where this reading is no single component or equals the first."""
+    if index < 1:
+        return None
+    grown = ndimage.binary_dilation(mask, structure=_EIGHT_CONNECTED)
+    outline = grown & (nearest == index) & (luma >= 0.5 * _PALETTE_LUMA[index - 1])
+    if np.array_equal(outline, mask) or ndimage.label(outline, structure=_EIGHT_CONNECTED)[1] != 1:
+        return None
+    return outline
+
+
+def _best_outline(mask: np.ndarray, other: np.ndarray | None, min_iou: float) -> tuple[np.ndarray, Fit | None]:
+    """Of two readings of one component, the one a world outline fits better, with its fit (``None``: neither)."""
+    fitted = _as_shape(mask, min_iou)
+    alternative = _as_shape(other, min_iou) if other is not None else None
+    if alternative is not None:
+        return other, alternative
+    return mask, fitted
 
 
 def _split(mask: np.ndarray, min_part: float, min_side: float) -> list[np.ndarray]:
@@ -264,7 +323,8 @@ def detect_shapes(image: object, min_area: int | None = None, min_iou: float = M
     smallest = FILL["triangle"] * extent_for("small", image_size) ** 2
     min_area = max(4, round(SPECK_FRACTION * smallest)) if min_area is None else min_area
     largest = extent_for("large", image_size) ** 2
-    labels = segment_colors(rgb)
+    labels, nearest = _segment(rgb)
+    luma = rgb.astype(np.float64) @ LUMA_WEIGHTS
     detections, ambiguous = [], 0
     for index, color in [(-1, UNKNOWN_COLOR), *enumerate(_COLOR_NAMES, start=1)]:
         components, count = ndimage.label(labels == index, structure=_EIGHT_CONNECTED)
@@ -273,7 +333,9 @@ def detect_shapes(image: object, min_area: int | None = None, min_iou: float = M
             area = int(mask.sum())
             if area < min_area:
                 continue
-            fitted = _as_shape(mask, min_iou) if area <= 1.6 * largest else None
+            fitted = None
+            if area <= 1.6 * largest:
+                mask, fitted = _best_outline(mask, _luma_outline(mask, luma, nearest, index), min_iou)
             parts = [(mask, fitted)] if fitted is not None else []
             if fitted is None and area >= 2 * min_area:
                 pieces = _split(mask, SPLIT_FRACTION * smallest, SPLIT_FRACTION * extent_for("small", image_size))
@@ -282,9 +344,8 @@ def detect_shapes(image: object, min_area: int | None = None, min_iou: float = M
                     parts = list(zip(pieces, fits))
                 elif pieces and area >= 2 * smallest:  # a neck, yet not shapes: merged objects, unreadable
                     ambiguous += 1
-            for part, (shape, iou) in parts:
-                box = _box(part)
-                if _cut_by_border(box, int(part.sum()), shape, image_size):
+            for part, (shape, iou, box) in parts:
+                if _cut_by_border(_box(part), int(part.sum()), shape, image_size):
                     continue
                 detections.append(Detection(shape, color, size_of(box, image_size), box, int(part.sum()), iou))
     stray = int((labels != 0).sum()) - sum(det.area for det in detections)
