@@ -31,7 +31,7 @@ def test_a_bar_is_no_square_and_an_ellipse_no_circle():
 
 
 def test_a_speck_is_no_circle():
-    result = detect_shapes(image_of(red("speck", 16, 16, 3.5)))
+    result = detect_shapes(image_of(red("circle", 16, 16, 3.5, is_object=False)))
     assert result.detections == () and result.stray_pixels > 0
 
 

@@ -10,11 +10,12 @@ Families (:data:`ROBUSTNESS` keep the scene's meaning, :data:`STRICTNESS` add wh
 ``antialias``, ``jpeg`` (quality 70-90, 4:2:0 chroma), ``noise`` (Gaussian, sd 8-16), ``blur`` (Gaussian, sd
 0.4-0.7 px), ``occlusion`` (a bite of up to 15% of one object), ``touching`` (two objects moved until they
 touch), ``border`` (an object moved against the border), ``model-like`` (wobble, tilt, antialias and JPEG
-together); ``bar`` (2-3.5 times as long as wide), ``ellipse`` (1.8-2.5), ``speck``, ``half-shape`` (cut in half
-by the border), ``off-palette`` (an object in purple, orange or grey) and ``same-colour touching``. Each case is
-drawn twice: from a matching (metadata, scene) pair and from one corrupted by
-:func:`~thinkpix.shapes.accuracy.corrupt` (or, for strictness families, with the needed object
-replaced by the distractor), so each family reports accept rates on correct and on corrupted scenes.
+together); ``bar`` (2-3.5 times as long as wide), ``ellipse`` (1.8-2.5), ``speck`` (a named shape shrunk to
+:data:`SPECK_AREA` of the smallest object, :func:`speck_of`), ``half-shape`` (cut in half by the border),
+``off-palette`` (an object in purple, orange or grey, :func:`_off_palette`) and ``same-colour touching``. Each
+case is drawn twice: from a matching (metadata, scene) pair and from one corrupted by
+:func:`~thinkpix.shapes.accuracy.corrupt` (or, for strictness families, with the needed object replaced by the
+distractor), so each family reports accept rates on correct and on corrupted scenes.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from scipy import ndimage
 
 from thinkpix.shapes import prompts as P
 from thinkpix.shapes.accuracy import corrupt
-from thinkpix.shapes.detect import UNKNOWN_COLOR, Detection, DetectionResult, size_of
+from thinkpix.shapes.detect import FILL, UNKNOWN_COLOR, Detection, DetectionResult, size_of
 from thinkpix.shapes.metadata import TAGS
 from thinkpix.shapes.render import shape_coverage
-from thinkpix.shapes.scene import COLORS, SHAPES, Scene
+from thinkpix.shapes.scene import COLORS, SHAPES, Scene, extent_for
 from thinkpix.shapes.score import evaluate
 
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -43,13 +44,19 @@ ROBUSTNESS = ("clean", "wobble", "heavy wobble", "tilt", "antialias", "jpeg", "n
               "touching", "border", "model-like")
 STRICTNESS = ("bar", "ellipse", "speck", "half-shape", "off-palette", "same-colour touching")
 FAMILIES = ROBUSTNESS + STRICTNESS
+SPECK_AREA = (0.2, 0.4)
+"""A speck's drawn area, as shares of the world's smallest object's: below the detector's ``SPECK_FRACTION``
+(0.5), above the 6 pixels the old detector took for an object."""
+FALSIFIED_BY_OFF_PALETTE = ("counting", "colors", "color_attr")
+"""Tags whose prompts an off-palette object can make false (an extra counted shape, a lost stated colour): the
+tags of the ``off-palette`` family's corrupted cases."""
 
 
 @dataclass(frozen=True)
 class Drawn:
-    """One thing drawn: a world ``shape`` (or ``bar``/``ellipse``/``speck``, which are no shapes), its fill
-    ``rgb``, palette colour name (or ``unknown``), centre, side, tilt, aspect (width over height) and whether it
-    counts as an object (cut shapes do not)."""
+    """One thing drawn: a world ``shape`` (or ``bar``/``ellipse``, which are no shapes), its fill ``rgb``,
+    palette colour name (or ``unknown``), centre, side, tilt, aspect (width over height) and whether it counts
+    as an object (cut shapes and specks do not)."""
 
     shape: str
     rgb: tuple[int, int, int]
@@ -69,7 +76,7 @@ def from_scene(scene: Scene) -> list[Drawn]:
 
 def coverage(obj: Drawn, image_size: int) -> np.ndarray:
     """Pixel coverage of one drawn thing (bars are squares and ellipses circles squeezed by ``aspect``)."""
-    base = {"bar": "square", "ellipse": "circle", "speck": "circle"}.get(obj.shape, obj.shape)
+    base = {"bar": "square", "ellipse": "circle"}.get(obj.shape, obj.shape)
     if obj.aspect == 1.0:
         return shape_coverage(base, obj.cx, obj.cy, obj.extent, image_size, obj.angle)
     big = int(np.ceil(image_size * max(obj.aspect, 1 / obj.aspect)))
@@ -233,8 +240,6 @@ def _distractor(family: str, rng: np.random.Generator, like: Drawn, image_size: 
     if family == "ellipse":
         aspect = rng.uniform(1.8, 2.5)
         return replace(like, shape="ellipse", aspect=aspect if rng.random() < 0.5 else 1 / aspect, angle=0.0)
-    if family == "speck":
-        return replace(like, shape="speck", extent=float(rng.uniform(1.5, 2.5)))
     if family == "half-shape":
         shape = SHAPES[rng.integers(len(SHAPES))]
         side = rng.integers(4)
@@ -245,22 +250,65 @@ def _distractor(family: str, rng: np.random.Generator, like: Drawn, image_size: 
     return replace(like, rgb=OFF_PALETTE[name], color=UNKNOWN_COLOR)
 
 
+def speck_of(obj: Drawn, rng: np.random.Generator, image_size: int) -> Drawn:
+    """``obj`` shrunk to a speck: the same shape, no object, with :data:`SPECK_AREA` of the world's smallest
+    object's area once drawn (its side is shrunk until the drawing is that small, wherever it lands)."""
+    smallest = 0.5 * extent_for("small", image_size) ** 2  # a small triangle
+    low, high = (share * smallest for share in SPECK_AREA)
+    area = rng.uniform(low, high)
+    extent = float(np.sqrt(area / {"square": 1.0, "circle": np.pi / 4}.get(obj.shape, 0.5)))
+    speck = replace(obj, extent=extent, angle=0.0, is_object=False)
+    while (coverage(speck, image_size) >= 0.5).sum() > high:
+        speck = replace(speck, extent=0.9 * speck.extent)
+    return speck
+
+
 def strict_objects(family: str, objects: list[Drawn], meta: dict, corrupted: bool, rng: np.random.Generator,
                    image_size: int) -> list[Drawn]:
-    """Corrupted: a needed object becomes the distractor (off-palette: a counted shape gains an extra one of
-    unknown colour, other prompts lose a stated colour). Correct: the distractor is added somewhere free."""
+    """Corrupted: a needed object becomes the distractor. Correct: the distractor is added somewhere free (a speck
+    has the shape of a named object, so that read as a shape it would break a count). ``off-palette``: see
+    :func:`_off_palette`."""
     k = int(rng.integers(len(objects)))  # every object of a matching scene is one the prompt names
-    distractor = _distractor(family, rng, objects[k], image_size)
-    if corrupted and family == "off-palette" and meta["tag"] == "counting":
-        return place_free(objects, distractor, rng, image_size) or objects
+    if family == "speck":
+        distractor = speck_of(objects[k], rng, image_size)
+    else:
+        distractor = _distractor(family, rng, objects[k], image_size)
+    if family == "off-palette":
+        return _off_palette(objects, k, distractor, meta, corrupted, rng, image_size)
     if corrupted:
         return [*objects[:k], distractor, *objects[k + 1 :]]
-    if family == "off-palette":
-        absent = [s for s in SHAPES if s not in {item["class"] for item in meta["include"]}]
-        distractor = replace(distractor, shape=absent[rng.integers(len(absent))])
     if family == "half-shape":
         return _place_on_border(objects, distractor, rng, image_size) or objects
     return place_free(objects, distractor, rng, image_size) or objects
+
+
+def speck_of(obj: Drawn, rng: np.random.Generator, image_size: int) -> Drawn:
+    """``obj`` shrunk to a speck: the same shape, no object, drawn over :data:`SPECK_AREA` of the world's smallest
+    object's area (its side shrinks until the drawing is no larger, wherever on the pixel grid it lands)."""
+    smallest = FILL["triangle"] * extent_for("small", image_size) ** 2
+    low, high = (share * smallest for share in SPECK_AREA)
+    extent = float(np.sqrt(rng.uniform(low, high) / FILL[obj.shape]))
+    speck = replace(obj, extent=extent, angle=0.0, is_object=False)
+    while (coverage(speck, image_size) >= 0.5).sum() > high:
+        speck = replace(speck, extent=0.9 * speck.extent)
+    return speck
+
+
+def _off_palette(objects: list[Drawn], k: int, distractor: Drawn, meta: dict, corrupted: bool,
+                 rng: np.random.Generator, image_size: int) -> list[Drawn]:
+    """Corrupted (a tag of :data:`FALSIFIED_BY_OFF_PALETTE`): a counted shape gains a small one of unknown colour, or a
+    needed object of a colour prompt is drawn off the palette (its stated colour is lost). Correct: a needed object
+    of an uncoloured prompt is drawn off the palette (it still counts), or a colour prompt gains an off-palette
+    object of a shape it does not name."""
+    coloured = any("color" in item for item in meta["include"])
+    if corrupted and not coloured:  # small, to find room in a crowded counting scene
+        small = replace(distractor, extent=float(extent_for("small", image_size)))
+        return place_free(objects, small, rng, image_size) or objects
+    if corrupted or not coloured:
+        return [*objects[:k], distractor, *objects[k + 1 :]]
+    absent = [s for s in SHAPES if s not in {item["class"] for item in meta["include"]}]
+    return place_free(objects, replace(distractor, shape=absent[rng.integers(len(absent))]), rng,
+                      image_size) or objects
 
 
 @dataclass(frozen=True)
@@ -277,7 +325,8 @@ def make_case(family: str, index: int, corrupted: bool, rng: np.random.Generator
     """Case ``index`` of ``family`` (tags in turn; ``same-colour touching`` always counts), matching or corrupted."""
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is not allowed; allowed values: {', '.join(FAMILIES)}")
-    tag = "counting" if family == "same-colour touching" else TAGS[index % len(TAGS)]
+    tags = FALSIFIED_BY_OFF_PALETTE if family == "off-palette" and corrupted else TAGS
+    tag = "counting" if family == "same-colour touching" else tags[index % len(tags)]
     records = [m for m in P.all_metadata() if m["tag"] == tag]
     meta = records[rng.integers(len(records))]
     scene = P.scene_for_metadata(meta, rng, image_size)
