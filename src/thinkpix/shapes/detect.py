@@ -12,9 +12,18 @@ evaluation/evaluate_images.py) on this world's images. Steps:
    objects of their own. A foreground blob without any core pixel is one object of unknown colour.
 3. **Objects**: each colour's pixels are split into 8-connected components. Components under
    ``SPECK_FRACTION`` of the world's smallest object (``min_area``) are specks: stray pixels, not objects.
+   A component of a palette colour is also read from **luma** (:data:`LUMA_WEIGHTS`): the pixels, of the
+   component grown by one, whose luma reaches half the colour's. JPEG keeps luma at full resolution and halves
+   chroma (4:2:0), so a blue or red object's brightest channel is smeared by a pixel while its luma is sharp;
+   where the luma reading is one component that fits a shape (step 4), it is the one used.
 4. **Shape**: each component is fitted, by IoU, with the four outlines of
    :func:`~thinkpix.shapes.render.shape_inside` centred on the component's centroid (+-1 px), sized by its area
-   (x 0.9-1.25), turned by -15..15 degrees. The best IoU is the detection's confidence; under ``min_iou`` the
+   (x 0.9-1.25), turned by -15..15 degrees; the best of that grid is refined twice on a grid half as coarse
+   (size +-5%, turn +-2.5 degrees, centre +-0.5 px, then half those). Shapes are ranked by their best IoU less
+   ``SIZE_PRIOR`` times the log-distance of the fitted size to the nearest world size (a lumpy 8-px circle fits a
+   10.5-px diamond about as well as an 8-px circle; the world draws no 10.5-px diamond). The chosen shape's IoU
+   is the detection's confidence and its fitted outline gives the box (a lump of a pixel widens the drawing's box,
+   not the shape's: GenEval's relations compare box centres). Under ``min_iou`` the
    component is not a world shape (bars, ellipses, half-shapes cut by the border, blobs) and is dropped, as is
    a shape against the border that is smaller than the world's small one of its kind (its visible part).
    Components stretched beyond ``MAX_ELONGATION`` (ratio of principal axes; a world triangle has 1.15) are
@@ -42,6 +51,11 @@ from scipy import ndimage
 from thinkpix.shapes.render import shape_inside, shape_mask
 from thinkpix.shapes.scene import COLORS, SHAPES, SIZES, extent_for
 
+DETECTOR_VERSION = "3"
+"""Bumped whenever a verdict can change, so caches of scores key on it: "1" the template-in-bounding-box detector
+(git 97af03c), "2" component fits with unknown colours and splits, "3" outlines read from luma, refined fits with
+a cost for off-world sizes, boxes of the fitted outline."""
+
 FOREGROUND_LEVEL = 100
 CORE_LEVEL = 160
 MAX_CHROMA_DISTANCE = 0.35
@@ -56,6 +70,7 @@ SPLIT_FRACTION = 0.8
 MAX_ELONGATION = 1.55
 CONFIDENCE_DECIMALS = 2
 SIZE_PRIOR = 0.5
+"""Fit-score cost per unit of ``|log(fitted size / nearest world size)|`` (step 4)."""
 ANGLES = tuple(range(-15, 16, 5))
 SCALES = (0.9, 1.0, 1.1, 1.25)
 FILL = {"square": 1.0, "circle": np.pi / 4, "triangle": 0.5, "diamond": 0.5}
@@ -320,8 +335,8 @@ def _cut_by_border(box: tuple[int, int, int, int], area: int, shape: str, image_
 def detect_shapes(image: object, min_area: int | None = None, min_iou: float = MIN_IOU) -> DetectionResult:
     """Detect the shapes in ``image`` (see the module docstring for the steps).
 
-    ``min_area`` defaults to ``SPECK_FRACTION`` of the smallest world object's area (a small triangle: 9 px at
-    32x32); a component more than 1.6 times a large square, or a poor fit at least twice ``min_area``, is
+    ``min_area`` defaults to ``SPECK_FRACTION`` of the smallest world object's area (a small triangle: 16 of its
+    32 px at 32x32); a component more than 1.6 times a large square, or a poor fit at least twice ``min_area``, is
     tried as touching objects.
     """
     rgb = as_rgb(image)
