@@ -10,11 +10,16 @@
 * the shipped ``shapes-t2i`` base sampled under protocol v1 and v2 (folders written by
   ``thinkpix generate geneval --model shapes-t2i --protocol v1|v2 --seed 0 --out ...``), scored by both detectors,
   with the v2 overall's 95% interval (:mod:`benchmarks.stats`).
+
+``--rates-cache FILE`` keeps the per-family rates (the slow part) under a key of the detector's
+``DETECTOR_VERSION``, the detector's and the bench's sources, ``--cases`` and ``--old-ref``, so that scoring new base
+samples reuses them while nothing they depend on changed.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -29,7 +34,9 @@ from PIL import Image
 from benchmarks.stats import cells, paired_estimate
 from thinkpix.eval.geneval import score_geneval_images
 from thinkpix.shapes.accuracy import measure_scorer_accuracy, to_markdown
-from thinkpix.shapes.detect import DetectionResult, detect_shapes
+from thinkpix.shapes import detect as detect_module
+from thinkpix.shapes import perturb as perturb_module
+from thinkpix.shapes.detect import DETECTOR_VERSION, DetectionResult, detect_shapes
 from thinkpix.shapes.metadata import TAGS
 from thinkpix.shapes.perturb import FAMILIES, ROBUSTNESS, make_case
 from thinkpix.shapes.score import GenEvalResult, evaluate, summarize
@@ -51,6 +58,32 @@ def old_detector(ref: str):
         return DetectionResult(old.detections, old.image_size, old.stray_pixels)
 
     return detect
+
+
+def rates_key(cases: int, old_ref: str) -> str:
+    """What the family rates depend on: the detector (its version and source), the bench, the case count and the
+    old revision; a cached table is reused only under the same key."""
+    sources = [Path(module.__file__).read_bytes() for module in (detect_module, perturb_module)]
+    digest = hashlib.sha256(b"".join(sources)).hexdigest()[:16]
+    return f"detector {DETECTOR_VERSION} sources {digest} cases {cases} old {old_ref}"
+
+
+def cached_family_rates(cases: int, detectors: dict, cache: Path | None, key: str) -> tuple[dict, float]:
+    """:func:`family_rates` and the seconds they took, read from ``cache`` (JSON) when it was written under
+    ``key``, else computed (and saved there)."""
+    if cache is not None and cache.exists():
+        stored = json.loads(cache.read_text())
+        if stored.get("key") == key:
+            rates = {family: {name: {side: tuple(pair) for side, pair in by.items()} for name, by in rows.items()}
+                     for family, rows in stored["rates"].items()}
+            return rates, stored["seconds"]
+    started = time.perf_counter()
+    rates = family_rates(cases, detectors)
+    seconds = time.perf_counter() - started
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"key": key, "seconds": seconds, "rates": rates}, indent=1))
+    return rates, seconds
 
 
 def family_rates(cases: int, detectors: dict) -> dict:
@@ -94,9 +127,11 @@ def _summary(verdicts: list[dict]) -> dict:
     return summarize(GenEvalResult(v["tag"], v["prompt"], v["correct"], "") for v in verdicts)
 
 
-def markdown(rates: dict, accuracy_text: str, bases: dict, command: str, seconds: float, cases: int) -> str:
+def markdown(rates: dict, accuracy_text: str, bases: dict, command: str, seconds: tuple[float, float],
+             cases: int) -> str:
     lines = ["# Shapes-world scorer: robustness, strictness, and the bases under the new detector", "",
-             f"Produced by `{command}` ({seconds:.0f} s on 2 shared CPU cores). Written by "
+             f"Produced by `{command}` (the family rates {seconds[0]:.0f} s, the rest {seconds[1]:.0f} s, on 2 "
+             f"shared CPU cores) with detector version {DETECTOR_VERSION}. Written by "
              "`benchmarks/shapes_scorer.py`; the detector is `thinkpix.shapes.detect` (its docstring gives every "
              "rule), the test bench `thinkpix.shapes.perturb` (every family's strength is in its docstring).", "",
              "## Accept rates per perturbation family", "",
@@ -165,15 +200,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--v2", type=Path, default=None, help="base samples under protocol v2 (GenEval folder)")
     parser.add_argument("--old-ref", default=OLD_REF)
     parser.add_argument("--out", type=Path, default=Path("docs/results/shapes_scorer.md"))
+    parser.add_argument("--rates-cache", type=Path, default=None,
+                        help="JSON file keeping the per-family rates; reused while detector, bench and --cases match")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
     old = old_detector(args.old_ref)
-    rates = family_rates(args.cases, {"new": detect_shapes, "old": old})
+    rates, rate_seconds = cached_family_rates(args.cases, {"new": detect_shapes, "old": old}, args.rates_cache,
+                                              rates_key(args.cases, args.old_ref))
+    started = time.perf_counter()
     bases = {name: base_scores(folder, old) for name, folder in (("v1", args.v1), ("v2", args.v2)) if folder}
     accuracy = to_markdown(measure_scorer_accuracy(args.n, 0), "")
     command = f"python -m benchmarks.shapes_scorer --cases {args.cases} --n {args.n} --out {args.out}"
     command += "".join(f" --{k} {getattr(args, k)}" for k in ("v1", "v2") if getattr(args, k))
-    args.out.write_text(markdown(rates, accuracy, bases, command, time.perf_counter() - started, args.cases))
+    seconds = (rate_seconds, time.perf_counter() - started)
+    args.out.write_text(markdown(rates, accuracy, bases, command, seconds, args.cases))
     print(f"wrote {args.out}")
     return 0
 
