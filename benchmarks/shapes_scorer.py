@@ -33,9 +33,9 @@ from PIL import Image
 
 from benchmarks.stats import cells, paired_estimate
 from thinkpix.eval.geneval import score_geneval_images
-from thinkpix.shapes.accuracy import measure_scorer_accuracy, to_markdown
 from thinkpix.shapes import detect as detect_module
 from thinkpix.shapes import perturb as perturb_module
+from thinkpix.shapes.accuracy import measure_scorer_accuracy, to_markdown
 from thinkpix.shapes.detect import DETECTOR_VERSION, DetectionResult, detect_shapes
 from thinkpix.shapes.metadata import TAGS
 from thinkpix.shapes.perturb import FAMILIES, ROBUSTNESS, make_case

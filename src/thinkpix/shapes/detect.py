@@ -214,14 +214,13 @@ def fit_shape(mask: np.ndarray) -> Fit:
         extents = np.sqrt(len(xs) / FILL[shape]) * np.array(SCALES)
         angles = np.array(ANGLES if shape != "circle" else (0,), dtype=np.float64)
         params = _grid(extents, angles, centre[0] + np.arange(-1, 2), centre[1] + np.arange(-1, 2))
-        for step in (None, 1.0, 0.5):
-            if step is not None:
-                extent, angle, cx, cy = params[np.argmax(ious)]
-                params = _grid(extent * (1 + 0.05 * step * np.arange(-1, 2)),
-                               angle + (2.5 * step * np.arange(-1, 2) if shape != "circle" else np.zeros(1)),
-                               cx + 0.5 * step * np.arange(-1, 2), cy + 0.5 * step * np.arange(-1, 2))
-            inside = _outlines(shape, params, gx, gy)
-            ious = (inside & crop).sum(axis=(1, 2)) / (inside | crop).sum(axis=(1, 2))
+        inside, ious = _ious(shape, params, crop, gx, gy)
+        for step in (1.0, 0.5):
+            extent, angle, cx, cy = params[np.argmax(ious)]
+            params = _grid(extent * (1 + 0.05 * step * np.arange(-1, 2)),
+                           angle + (2.5 * step * np.arange(-1, 2) if shape != "circle" else np.zeros(1)),
+                           cx + 0.5 * step * np.arange(-1, 2), cy + 0.5 * step * np.arange(-1, 2))
+            inside, ious = _ious(shape, params, crop, gx, gy)
         # shapes are told apart by IoU less a cost for a size the world does not draw: a lumpy 8-px circle fits
         # a 10.5-px diamond about as well as an 8-px circle
         score = ious.max() - SIZE_PRIOR * np.abs(np.log(params[np.argmax(ious), 0]) - world).min()
@@ -237,6 +236,13 @@ def fit_shape(mask: np.ndarray) -> Fit:
 def _grid(extents: np.ndarray, angles: np.ndarray, cxs: np.ndarray, cys: np.ndarray) -> np.ndarray:
     """All ``(extent, angle, cx, cy)`` combinations, one a row."""
     return np.stack(np.meshgrid(extents, angles, cxs, cys, indexing="ij"), axis=-1).reshape(-1, 4)
+
+
+def _ious(shape: str, params: np.ndarray, crop: np.ndarray, gx: np.ndarray,
+          gy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The outlines of :func:`_outlines` and their IoUs with ``crop``."""
+    inside = _outlines(shape, params, gx, gy)
+    return inside, (inside & crop).sum(axis=(1, 2)) / (inside | crop).sum(axis=(1, 2))
 
 
 def _outlines(shape: str, params: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:

@@ -250,19 +250,6 @@ def _distractor(family: str, rng: np.random.Generator, like: Drawn, image_size: 
     return replace(like, rgb=OFF_PALETTE[name], color=UNKNOWN_COLOR)
 
 
-def speck_of(obj: Drawn, rng: np.random.Generator, image_size: int) -> Drawn:
-    """``obj`` shrunk to a speck: the same shape, no object, with :data:`SPECK_AREA` of the world's smallest
-    object's area once drawn (its side is shrunk until the drawing is that small, wherever it lands)."""
-    smallest = 0.5 * extent_for("small", image_size) ** 2  # a small triangle
-    low, high = (share * smallest for share in SPECK_AREA)
-    area = rng.uniform(low, high)
-    extent = float(np.sqrt(area / {"square": 1.0, "circle": np.pi / 4}.get(obj.shape, 0.5)))
-    speck = replace(obj, extent=extent, angle=0.0, is_object=False)
-    while (coverage(speck, image_size) >= 0.5).sum() > high:
-        speck = replace(speck, extent=0.9 * speck.extent)
-    return speck
-
-
 def strict_objects(family: str, objects: list[Drawn], meta: dict, corrupted: bool, rng: np.random.Generator,
                    image_size: int) -> list[Drawn]:
     """Corrupted: a needed object becomes the distractor. Correct: the distractor is added somewhere free (a speck
