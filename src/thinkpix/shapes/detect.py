@@ -20,8 +20,8 @@ evaluation/evaluate_images.py) on this world's images. Steps:
    :func:`~thinkpix.shapes.render.shape_inside` centred on the component's centroid (+-1 px), sized by its area
    (x 0.9-1.25), turned by -15..15 degrees; the best of that grid is refined twice on a grid half as coarse
    (size +-5%, turn +-2.5 degrees, centre +-0.5 px, then half those). Shapes are ranked by their best IoU less
-   ``SIZE_PRIOR`` times the log-distance of the fitted size to the nearest world size (a lumpy 8-px circle fits a
-   10.5-px diamond about as well as an 8-px circle; the world draws no 10.5-px diamond). The chosen shape's IoU
+   ``SIZE_PRIOR`` times the log-distance of the fitted size to the nearest world size, capped at ``SIZE_CAP`` (a
+   lumpy 8-px circle fits a 10.5-px diamond about as well as an 8-px circle; the world draws no 10.5-px diamond). The chosen shape's IoU
    is the detection's confidence and its fitted outline gives the box (a lump of a pixel widens the drawing's box,
    not the shape's: GenEval's relations compare box centres). Under ``min_iou`` the
    component is not a world shape (bars, ellipses, half-shapes cut by the border, blobs) and is dropped, as is
@@ -70,7 +70,10 @@ SPLIT_FRACTION = 0.8
 MAX_ELONGATION = 1.55
 CONFIDENCE_DECIMALS = 2
 SIZE_PRIOR = 0.5
-"""Fit-score cost per unit of ``|log(fitted size / nearest world size)|`` (step 4)."""
+"""Fit-score cost per unit of ``|log(fitted size / nearest world size)|`` (step 4)..."""
+SIZE_CAP = 0.1
+"""... counted up to this log-distance (10% off): beyond it every shape pays the same, so a blob larger or smaller
+than any world object is not pushed towards the shapes whose fit is nearer a world size."""
 ANGLES = tuple(range(-15, 16, 5))
 SCALES = (0.9, 1.0, 1.1, 1.25)
 FILL = {"square": 1.0, "circle": np.pi / 4, "triangle": 0.5, "diamond": 0.5}
@@ -221,9 +224,9 @@ def fit_shape(mask: np.ndarray) -> Fit:
                            angle + (2.5 * step * np.arange(-1, 2) if shape != "circle" else np.zeros(1)),
                            cx + 0.5 * step * np.arange(-1, 2), cy + 0.5 * step * np.arange(-1, 2))
             inside, ious = _ious(shape, params, crop, gx, gy)
-        # shapes are told apart by IoU less a cost for a size the world does not draw: a lumpy 8-px circle fits
-        # a 10.5-px diamond about as well as an 8-px circle
-        score = ious.max() - SIZE_PRIOR * np.abs(np.log(params[np.argmax(ious), 0]) - world).min()
+        # shapes are told apart by IoU less a cost for a size the world does not draw (a lumpy 8-px circle fits
+        # a 10.5-px diamond about as well as an 8-px circle), capped: far off every world size, IoU alone decides
+        score = ious.max() - SIZE_PRIOR * min(np.abs(np.log(params[np.argmax(ious), 0]) - world).min(), SIZE_CAP)
         if score > best_score + 1e-9:
             best_score = score
             # the box is the fitted outline's: a lump of a pixel widens the drawing's box, not the shape's
