@@ -15,15 +15,17 @@ evaluation/evaluate_images.py) on this world's images. Steps:
    A component of a palette colour is also read from **luma** (:data:`LUMA_WEIGHTS`): the pixels, of the
    component grown by one, whose luma reaches half the colour's. JPEG keeps luma at full resolution and halves
    chroma (4:2:0), so a blue or red object's brightest channel is smeared by a pixel while its luma is sharp;
-   where the luma reading is one component that fits a shape (step 4), it is the one used.
+   where the luma reading is one component that fits a shape (step 4), it is the one used, unless the first
+   reading fits more than ``LUMA_MARGIN`` better (in Gaussian noise luma is a blue object's noisier reading).
 4. **Shape**: each component is fitted, by IoU, with the four outlines of
    :func:`~thinkpix.shapes.render.shape_inside` centred on the component's centroid (+-1 px), sized by its area
    (x 0.9-1.25), turned by -15..15 degrees; the best of that grid is refined twice on a grid half as coarse
-   (size +-5%, turn +-2.5 degrees, centre +-0.5 px, then half those). Shapes are ranked by their best IoU less
-   ``SIZE_PRIOR`` times the log-distance of the fitted size to the nearest world size, capped at ``SIZE_CAP`` (a
-   lumpy 8-px circle fits a 10.5-px diamond about as well as an 8-px circle; the world draws no 10.5-px diamond). The chosen shape's IoU
-   is the detection's confidence and its fitted outline gives the box (a lump of a pixel widens the drawing's box,
-   not the shape's: GenEval's relations compare box centres). Under ``min_iou`` the
+   (size +-5%, turn +-2.5 degrees, centre +-0.5 px, then half those). Shapes are ranked by their best IoU
+   less ``SIZE_PRIOR`` times the log-distance of the fitted size to the nearest world size, capped at
+   ``SIZE_CAP`` (a lumpy 8-px circle fits a 10.5-px diamond about as well as an 8-px circle; the world draws no
+   10.5-px diamond). The chosen shape's IoU is the detection's confidence and its fitted outline gives the box
+   (a lump of a pixel widens the drawing's box, not the shape's: GenEval's relations compare box centres). Under
+   ``min_iou`` the
    component is not a world shape (bars, ellipses, half-shapes cut by the border, blobs) and is dropped, as is
    a shape against the border that is smaller than the world's small one of its kind (its visible part).
    Components stretched beyond ``MAX_ELONGATION`` (ratio of principal axes; a world triangle has 1.15) are
@@ -83,6 +85,7 @@ _DIRECTIONS = np.array(list(COLORS.values()), dtype=np.float64) / 255.0
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 """ITU-R BT.601 luma, the Y of JPEG's YCbCr."""
 _PALETTE_LUMA = _DIRECTIONS * 255.0 @ LUMA_WEIGHTS
+LUMA_MARGIN = 0.1
 _COLOR_NAMES = tuple(COLORS)
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -294,12 +297,14 @@ def _luma_outline(mask: np.ndarray, luma: np.ndarray, nearest: np.ndarray, index
     return outline
 
 
-def _best_outline(mask: np.ndarray, other: np.ndarray | None, min_iou: float) -> tuple[np.ndarray, Fit | None]:
-    """Of two readings of one component, the one a world outline fits better, with its fit (``None``: neither)."""
+def _best_outline(mask: np.ndarray, luma: np.ndarray | None, min_iou: float) -> tuple[np.ndarray, Fit | None]:
+    """The luma reading of a component and its fit where it fits a shape, unless the brightest-channel reading fits
+    by more than ``LUMA_MARGIN`` better (luma is the noisier reading of a blue object in Gaussian noise; a
+    smeared reading fits a circle better than it should, hence not simply the better fit); ``None``: neither."""
     fitted = _as_shape(mask, min_iou)
-    alternative = _as_shape(other, min_iou) if other is not None else None
-    if alternative is not None:
-        return other, alternative
+    alternative = _as_shape(luma, min_iou) if luma is not None else None
+    if alternative is not None and (fitted is None or fitted.iou <= alternative.iou + LUMA_MARGIN):
+        return luma, alternative
     return mask, fitted
 
 
