@@ -76,13 +76,22 @@ def pilot_records() -> list[dict]:
     return records
 
 
-def score_images(target, out: Path) -> dict:
-    """Per-image verdicts (in record order) and per-tag scores of ``target`` on the pilot records."""
-    records = pilot_records()
-    folder = generate_geneval(target, records, out, samples=1, seed=SAMPLE_SEED, steps=SAMPLE_STEPS, progress=False)
+def sample_images(target, out: Path) -> Path:
+    """Sample ``target`` on the pilot records into a GenEval folder (one image a record)."""
+    return generate_geneval(target, pilot_records(), out, samples=1, seed=SAMPLE_SEED, steps=SAMPLE_STEPS,
+                            progress=False)
+
+
+def score_folder(folder: Path) -> dict:
+    """Per-image verdicts (in record order) and per-tag scores of a folder of pilot images."""
     scores, results = score_geneval_folder(folder)
     return {"scores": scores, "correct": [bool(r.correct) for r in results], "tags": [r.tag for r in results],
             "prompts": [r.prompt for r in results]}
+
+
+def score_images(target, out: Path) -> dict:
+    """Per-image verdicts (in record order) and per-tag scores of ``target`` on the pilot records."""
+    return score_folder(sample_images(target, out))
 
 
 def unstated_held_out(recipe: str, n: int = TRAIN_IMAGES) -> dict[str, int]:
