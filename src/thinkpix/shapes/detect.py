@@ -77,6 +77,8 @@ SIZE_CAP = 0.1
 """... counted up to this log-distance (10% off): beyond it every shape pays the same, so a blob larger or smaller
 than any world object is not pushed towards the shapes whose fit is nearer a world size."""
 ANGLES = tuple(range(-15, 16, 5))
+REFINE_WINDOW = 0.1
+"""Coarse fits this far below the best one (or below ``min_iou``) are not refined (:func:`fit_shape`)."""
 SCALES = (0.9, 1.0, 1.1, 1.25)
 FILL = {"square": 1.0, "circle": np.pi / 4, "triangle": 0.5, "diamond": 0.5}
 """Area of each outline over its extent squared: sizes a fit from a component's area."""
@@ -202,8 +204,10 @@ class Fit(NamedTuple):
     box: tuple[int, int, int, int]
 
 
-def fit_shape(mask: np.ndarray) -> Fit:
-    """The best outline fitted to a boolean mask (in image coordinates; see step 4)."""
+def fit_shape(mask: np.ndarray, min_iou: float = MIN_IOU) -> Fit:
+    """The best outline fitted to a boolean mask (in image coordinates; see step 4). Only shapes whose coarse fit
+    is within ``REFINE_WINDOW`` of the best coarse fit, and reaches ``min_iou - REFINE_WINDOW``, are refined: the
+    refinement gains a few hundredths, so the others could neither win nor pass ``min_iou``."""
     ys, xs = np.nonzero(mask)
     exact = _exact_template(mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
     if exact is not None:
@@ -212,16 +216,20 @@ def fit_shape(mask: np.ndarray) -> Fit:
     crop = mask[top : ys.max() + 5, left : xs.max() + 5]
     gy, gx = np.mgrid[: crop.shape[0], : crop.shape[1]] + 0.5
     centre = np.array([xs.mean() + 0.5 - left, ys.mean() + 0.5 - top])
-    best, best_score = Fit("", -1.0, (0, 0, 0, 0)), -np.inf
-    world = np.log([extent_for(size, mask.shape[0]) for size in SIZES])
+    coarse = {}
     for shape in SHAPES:
-        # coarse grid: sizes from the area, turns, whole-pixel moves of the centroid; then a finer grid around
-        # its best, twice (a lump of a pixel moves the centroid and the area, not the outline that fits best)
+        # coarse grid: sizes from the area, turns, whole-pixel moves of the centroid
         extents = np.sqrt(len(xs) / FILL[shape]) * np.array(SCALES)
         angles = np.array(ANGLES if shape != "circle" else (0,), dtype=np.float64)
         params = _grid(extents, angles, centre[0] + np.arange(-1, 2), centre[1] + np.arange(-1, 2))
-        inside, ious = _ious(shape, params, crop, gx, gy)
-        for step in (1.0, 0.5):
+        coarse[shape] = (params, *_ious(shape, params, crop, gx, gy))
+    floor = max(max(ious.max() for _, _, ious in coarse.values()), min_iou) - REFINE_WINDOW
+    best, best_score = Fit("", -1.0, (0, 0, 0, 0)), -np.inf
+    world = np.log([extent_for(size, mask.shape[0]) for size in SIZES])
+    for shape, (params, inside, ious) in coarse.items():
+        # a finer grid around the best, twice (a lump of a pixel moves the centroid and the area, not the
+        # outline that fits best)
+        for step in (1.0, 0.5) if ious.max() >= floor else ():
             extent, angle, cx, cy = params[np.argmax(ious)]
             params = _grid(extent * (1 + 0.05 * step * np.arange(-1, 2)),
                            angle + (2.5 * step * np.arange(-1, 2) if shape != "circle" else np.zeros(1)),
@@ -279,7 +287,7 @@ def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
 def _as_shape(mask: np.ndarray, min_iou: float) -> Fit | None:
     if elongation(mask) > MAX_ELONGATION:
         return None
-    fit = fit_shape(mask)
+    fit = fit_shape(mask, min_iou)
     return fit if fit.iou >= min_iou else None
 
 
