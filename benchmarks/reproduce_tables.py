@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows-dir", default=None,
                         help="finished rows, one JSON each (default: docs/results/reproduction_rows for the full "
                              "mode, so that finished rows are committed and a later session resumes from them)")
-    parser.add_argument("--out", default=None, help="report path (default docs/results/paper_tables_v1.md; quick: <work>/reproduction.md)")
+    parser.add_argument("--out", default=None,
+                        help="report path (default docs/results/paper_tables_v1.md; quick: <work>/reproduction.md)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report-only", action="store_true",
                         help="write the report from the finished rows only (no training; unfinished rows left out)")
