@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# What the pilot's adapters changed: the flow-matching loss", "",
              f"Produced by `python -m benchmarks.finetune_loss` (adapters of `benchmarks.finetune_pilot` in "
              f"`{work}`). Mean loss over {IMAGES} images x {DRAWS} (timestep, noise) draws, the same draws for "
-             "every model; in brackets the change against the base.", "",
+             "every model; in brackets the change against the base. A ladder arm's weights are those of its "
+             "highest rung (`SFT (middle)`: 2000 steps).", "",
              "| model | " + " | ".join(sets) + " |", "| --- |" + " ---: |" * len(sets)]
     for name, values in rows:
         lines.append(f"| {name} | " + " | ".join(
