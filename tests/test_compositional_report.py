@@ -10,8 +10,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import compositional_report as report  # noqa: E402
-from benchmarks.reproduction_claims import Claim  # noqa: E402
 from benchmarks.reproduce_compositional import DESIGN  # noqa: E402
+from benchmarks.reproduction_claims import Claim  # noqa: E402
 
 TAGS = report.TAGS
 PROMPTS = 12  # per tag

@@ -65,7 +65,8 @@ def test_objects_recipe_draws_one_object_a_scene_from_single_object_and_colors_p
 
 
 def test_recipe_errors_name_the_field_and_the_allowed_values(tmp_path):
-    with pytest.raises(ValueError, match="recipe='nope' is not allowed; allowed values: pretrain, compositional, objects"):
+    allowed = "allowed values: pretrain, compositional, objects"
+    with pytest.raises(ValueError, match=f"recipe='nope' is not allowed; {allowed}"):
         make_dataset(tmp_path / "a", n=2, seed=0, recipe="nope")
     with pytest.raises(ValueError, match="recipe='compositional' draws captioned training sets only"):
         make_dataset(tmp_path / "b", n=2, seed=0, variant="class", recipe="compositional")
