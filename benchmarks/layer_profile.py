@@ -65,13 +65,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpointing", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--mode", choices=("train", "forward"), default="train",
+                   help="train: forward+backward in training mode; forward: eval mode under no_grad")
     p.add_argument("--top", type=int, default=20)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     host = Host(args.dim, args.heads)
     config = RSRConfig(num_experts=args.experts, latent_steps=args.steps, rank=args.rank, dispatch=args.dispatch)
-    rsr = RecursiveSparseReasoning(config, args.dim).train()
+    train = args.mode == "train"
+    rsr = RecursiveSparseReasoning(config, args.dim).train(train)
     rsr.gradient_checkpointing = args.checkpointing
     nn.init.normal_(rsr.experts.lora_B, std=0.02)
     lora_a = (torch.randn(args.dim, 3 * args.rank) * args.dim**-0.5).requires_grad_()
@@ -80,21 +83,27 @@ def main(argv: list[str] | None = None) -> None:
     y = torch.randn(1, args.dim)
 
     def rsr_step() -> None:
-        out = rsr(x, y, host.base_qkv, host.attend, host.modulate)
-        (out.vision.square().mean() + 0.01 * out.balance_loss).backward()
+        with torch.set_grad_enabled(train):
+            out = rsr(x, y, host.base_qkv, host.attend, host.modulate)
+            if train:
+                (out.vision.square().mean() + 0.01 * out.balance_loss).backward()
 
     def lora_step() -> None:
-        h = (x @ lora_a).view(-1, 3, args.rank).transpose(0, 1)
-        d = torch.bmm(h, lora_b).view(3, *x.shape)
-        q, k, v = (base + delta for base, delta in zip(host.base_qkv(x), d))
-        host.attend(q, k, v)[0].square().mean().backward()
+        with torch.set_grad_enabled(train):
+            h = (x @ lora_a).view(-1, 3, args.rank).transpose(0, 1)
+            d = torch.bmm(h, lora_b).view(3, *x.shape)
+            q, k, v = (base + delta for base, delta in zip(host.base_qkv(x), d))
+            if train:
+                host.attend(q, k, v)[0].square().mean().backward()
+            else:
+                host.attend(q, k, v)
 
     ours, plain = profile(rsr_step, args.iters), profile(lora_step, args.iters)
     rows = sorted(((ours.get(k, 0.0) - plain.get(k, 0.0), k) for k in set(ours) | set(plain)), reverse=True)
     extra = ", checkpointing" if args.checkpointing else ""
     print(f"RSR M={args.experts} T={args.steps} ({args.dispatch}{extra}) "
           f"vs one plain LoRA, N={args.tokens}, D={args.dim}, r={args.rank}, {args.threads} thread(s), "
-          f"forward+backward, self CPU ms per iteration")
+          f"{'forward+backward' if train else 'eval forward'}, self CPU ms per iteration")
     print(f"{'op':60s} {'RSR':>9s} {'LoRA':>9s} {'diff':>9s}")
     for diff, key in rows[: args.top]:
         print(f"{key[:60]:60s} {ours.get(key, 0.0):9.2f} {plain.get(key, 0.0):9.2f} {diff:+9.2f}")

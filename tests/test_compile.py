@@ -8,9 +8,10 @@ from thinkpix import RSRConfig, apply_rsr, aux_loss, rsr_layers, rsr_parameters
 from thinkpix.core import dispatch
 from thinkpix.core.experts import ExpertBank
 from thinkpix.core.gate import LatentStepGate
-from tiny import dit_inputs, sd3_inputs, tiny_dit, tiny_sd3
+from tiny import dit_inputs, flux_inputs, sd3_inputs, tiny_dit, tiny_flux, tiny_sd3
 
-HOSTS = {"sd3": (tiny_sd3, sd3_inputs), "dit": (tiny_dit, dit_inputs)}
+# FLUX: layer 0 is a double-stream block, layer 3 a single-stream one
+HOSTS = {"sd3": (tiny_sd3, sd3_inputs), "dit": (tiny_dit, dit_inputs), "flux": (tiny_flux, flux_inputs)}
 
 
 def routed_step(bank: ExpertBank, x, idx, logits, dispatch_name: str, formulation: str | None, monkeypatch):
@@ -115,7 +116,7 @@ def run(model, inputs, train: bool):
     return out.detach(), [p.grad.clone() for p in params]
 
 
-@pytest.mark.parametrize("host", ["sd3", "dit"])
+@pytest.mark.parametrize("host", ["sd3", "dit", "flux"])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_fullgraph_compile_has_no_graph_break_and_equals_eager(host, train, tmp_path, monkeypatch):
     build, inputs = HOSTS[host]
