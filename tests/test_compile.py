@@ -142,3 +142,30 @@ def test_fullgraph_compile_has_no_graph_break_and_equals_eager(host, train, tmp_
     if train:  # the routes were sampled (Gumbel noise), and the gate was trained by them
         steps = next(iter(rsr_layers(model).values())).last_steps
         assert steps[0].logits is not None and any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize(("halting", "train"), [("confidence", False), ("learned", True)], ids=["eval", "train"])
+def test_halting_compiles_fullgraph_and_equals_eager(halting, train, tmp_path):
+    """Halting at inference (tokens stop early: ``nonzero`` in eager, a masked update under compile) and the
+    learned criterion's ACT mixture in training, both traced as one graph, with eager's outputs."""
+    model = tiny_sd3(tmp_path / "sd3")
+    apply_rsr(model, RSRConfig(num_experts=3, latent_steps=3, rank=4, layers=(1,), halting=halting,
+                               halt_threshold=0.83, balance_loss_weight=0.1))
+    with torch.no_grad():
+        for p in rsr_parameters(model):
+            p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
+    model.train(train)
+    data = sd3_inputs()
+    explained = torch._dynamo.explain(model)(**data)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    eager_out, eager_grads = run(model, data, train)
+    used = next(iter(rsr_layers(model).values())).last_steps_used
+    if not train:  # some tokens halted, others ran on: both paths of the masked update are exercised
+        assert used.min() < 3 and used.max() == 3
+    torch._dynamo.reset()
+    out, grads = run(torch.compile(model, fullgraph=True, backend="aot_eager"), data, train)
+    torch.testing.assert_close(out, eager_out, atol=1e-5, rtol=1e-5)
+    if not train:
+        assert torch.equal(next(iter(rsr_layers(model).values())).last_steps_used, used)
+    for got, want in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
