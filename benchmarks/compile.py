@@ -75,6 +75,9 @@ def shapes_sampling(rounds: int, steps: int, modes: tuple[bool, ...]) -> tuple[l
     from thinkpix.shapes.prompts import training_metadata
 
     probe = [r["prompt"] for r in training_metadata()[:8]]
+    # the host section compiled the same SD3 forward for every variant and mode: dynamo's recompile limit (8 per
+    # code object) would fail the two compilations below under fullgraph
+    torch._dynamo.reset()
     rows = {}
     for name in ("base", "RSR M=4 T=5"):
         for compiled in modes:
