@@ -31,8 +31,24 @@ from thinkpix.shapes.recipes import COMPOSITIONAL_TAGS, depicted_bindings, recip
 
 BASE = "shapes-t2i"
 ROW = Row("SFT (middle)", "sft", {"layers": "middle"})
-ARMS = {"lr1e-3": ROW, "lr3e-3": Row("SFT (middle), lr 3e-3", "sft", {"layers": "middle", "learning_rate": 3e-3})}
-"""Pilot arms by name: the preset's rate (1e-3) and a higher one, for when the first does not move the model."""
+ARMS = {
+    "lr1e-3": ROW,
+    "lr3e-3": Row("SFT (middle), lr 3e-3", "sft", {"layers": "middle", "learning_rate": 3e-3}),
+    "lr1e-3-linear": Row("SFT (middle), lr 1e-3 decayed", "sft", {"layers": "middle", "lr_scheduler": "linear"}),
+    "lr3e-3-linear": Row("SFT (middle), lr 3e-3 decayed", "sft",
+                         {"layers": "middle", "learning_rate": 3e-3, "lr_scheduler": "linear"}),
+    "three-lr1e-3-linear": Row("SFT (three layers), lr 1e-3 decayed", "sft",
+                               {"layers": "three", "lr_scheduler": "linear"}),
+}
+"""Pilot arms by name: the preset's constant rate (1e-3), a higher one, and both decayed linearly to 0 at the
+budget (the shipped base is the end of a cool-down, and its constant-rate stretches barely moved it:
+``shapes_bases.md``), plus SFT on three layers."""
+
+
+def decays(arm: Row) -> bool:
+    """A decayed arm's schedule depends on its budget, so each rung is its own run (a constant-rate ladder
+    trains once and resumes)."""
+    return arm.fields.get("lr_scheduler", "constant") != "constant"
 LADDER = (250, 1000)
 TRAIN_IMAGES = 1000  # the paper fine-tunes on 1000 MSCOCO images
 BATCH_SIZE = 32
@@ -60,13 +76,22 @@ def pilot_records() -> list[dict]:
     return records
 
 
-def score_images(target, out: Path) -> dict:
-    """Per-image verdicts (in record order) and per-tag scores of ``target`` on the pilot records."""
-    records = pilot_records()
-    folder = generate_geneval(target, records, out, samples=1, seed=SAMPLE_SEED, steps=SAMPLE_STEPS, progress=False)
+def sample_images(target, out: Path) -> Path:
+    """Sample ``target`` on the pilot records into a GenEval folder (one image a record)."""
+    return generate_geneval(target, pilot_records(), out, samples=1, seed=SAMPLE_SEED, steps=SAMPLE_STEPS,
+                            progress=False)
+
+
+def score_folder(folder: Path) -> dict:
+    """Per-image verdicts (in record order) and per-tag scores of a folder of pilot images."""
     scores, results = score_geneval_folder(folder)
     return {"scores": scores, "correct": [bool(r.correct) for r in results], "tags": [r.tag for r in results],
             "prompts": [r.prompt for r in results]}
+
+
+def score_images(target, out: Path) -> dict:
+    """Per-image verdicts (in record order) and per-tag scores of ``target`` on the pilot records."""
+    return score_folder(sample_images(target, out))
 
 
 def unstated_held_out(recipe: str, n: int = TRAIN_IMAGES) -> dict[str, int]:
@@ -124,7 +149,7 @@ def run(work: Path, rows_dir: Path, arms: list[str], seeds: list[int], ladder: l
             for seed in seeds:
                 def compute(arm=arm, seed=seed, steps=steps) -> dict:
                     seed_everything(seed)
-                    out = work / arm.slug / f"seed{seed}"
+                    out = work / arm.slug / (f"seed{seed}-steps{steps}" if decays(arm) else f"seed{seed}")
                     target, cost = finetuned(BASE, data, arm, seed, steps, BATCH_SIZE, out / "train", resume=True)
                     return {**cost, **score_images(target, out / f"geneval-step{steps}")}
 
@@ -172,8 +197,8 @@ def report(base: dict, rows_dir: Path, out: Path, command: str) -> None:
              "interval), the same noise for every row. Percent. *compositional* = mean of the four compositional "
              "tags; its difference to the base is paired image by image (seed-averaged), with a 95% bootstrap "
              "interval over prompts within each tag (sampling and prompt noise; the per-seed differences show the "
-             "training-seed spread). *train s*: seconds of the run's last leg (from the rung below), on a shared "
-             "machine.", "",
+             "training-seed spread). *train s*: seconds of the run's last leg (from the rung below; a decayed arm's "
+             "whole run), on a shared machine.", "",
              "| row | steps | epochs | seeds | " + " | ".join(["compositional", *cols]) + " | vs base (compositional) "
              "| train s |", "| --- |" + " ---: |" * (len(cols) + 6)]
     lines.append(f"| base | 0 | 0 | - | {100 * compositional_overall(np.asarray(base['correct'], float), tags):.1f} | "

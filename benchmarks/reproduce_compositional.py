@@ -29,13 +29,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.compositional_plan import print_plan
-from benchmarks.finetune_pilot import BATCH_SIZE, TRAIN_IMAGES, score_images
+from benchmarks.compositional_report import write_report
+from benchmarks.finetune_pilot import BATCH_SIZE, TRAIN_IMAGES, sample_images, score_folder
 from benchmarks.reproduction_claims import Claim
 from benchmarks.shapes_rows import (
     Budget,
@@ -43,14 +43,13 @@ from benchmarks.shapes_rows import (
     cached,
     finetuned,
     fingerprint,
-    fmt_ci,
     scored_verdicts,
     seed_everything,
     traced_sampling,
 )
-from benchmarks.stats import compare_verdicts, holm
 from thinkpix.eval.geneval import generate_protocol
 from thinkpix.shapes.dataset import make_dataset
+from thinkpix.shapes.detect import DETECTOR_VERSION
 from thinkpix.shapes.protocol import get_protocol
 from thinkpix.train import preset
 
@@ -76,26 +75,6 @@ def sample_held_out(target, out: Path, steps: int) -> Path:
     return generate_protocol(target, PROTOCOL, out, seed=EVAL_SEED, steps=steps, progress=False)
 
 
-def compare(claims: list[Claim], rows: dict[str, list[dict]]) -> list[tuple[str, str, str, str]]:
-    """Per claim: (paired difference with its 95% interval, MDE at 80% power, uncorrected verdict, Holm-corrected
-    verdict), from ``benchmarks.stats.compare_verdicts`` on the per-image verdicts of the seeds both rows have."""
-    found = []
-    for claim in claims:
-        better, worse = rows.get(claim.better, []), rows.get(claim.worse, [])
-        seeds = sorted({r["seed"] for r in better} & {r["seed"] for r in worse})
-        by_seed = [{r["seed"]: r["geneval"]["verdicts"] for r in rs if r["seed"] in seeds} for rs in (better, worse)]
-        found.append(compare_verdicts(*by_seed) if seeds else None)
-    rejected = holm([c.p_value if c else math.nan for c in found])
-    lines = []
-    for comparison, holm_rejects in zip(found, rejected):
-        if comparison is None:
-            lines.append(("-", "-", "not run", "not run"))
-            continue
-        mean, half = 100 * comparison.mean, 100 * comparison.half_width
-        verdict = "supported" if mean - half > 0 else "contradicted" if mean + half < 0 else "not resolved"
-        lines.append((f"{mean:+.2f} ± {half:.2f}", f"{100 * comparison.mde:.2f}", verdict,
-                      verdict if holm_rejects else "not resolved"))
-    return lines
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -192,51 +171,59 @@ def training_folder(plan: Plan, budget: Budget) -> Path:
 
 
 def row_path(rows_dir: Path, plan: Plan, seed: int, budget: Budget) -> Path:
-    """A (row, seed)'s cached result: keyed by everything the training folder is, the budget and the protocol."""
+    """A (row, seed)'s cached result: keyed by everything the training folder is, the budget, the protocol and
+    the detector's version."""
     design, row = training_folder(plan, budget).parts
-    return rows_dir / f"{design}-{budget.key()}-{PROTOCOL}" / row / f"seed{seed}.json"
+    return rows_dir / f"{design}-{budget.key()}-{PROTOCOL}-d{DETECTOR_VERSION}" / row / f"seed{seed}.json"
 
 
 def run_row(plan: Plan, seed: int, budget: Budget, work: Path, data: Path) -> dict:
-    """Fine-tune one (row, seed) (or resume it, or load it when trained already), score it on both prompt sets."""
+    """Fine-tune one (row, seed) (or resume it, or load it when trained already), sample both prompt sets and
+    score them. Each folder of samples records its sampling cost in ``sampled.json`` once it is complete, so a
+    re-score after a detector change (:data:`~thinkpix.shapes.detect.DETECTOR_VERSION`) reads the images again
+    without loading, training or sampling anything."""
     row = plan.resolved()
-    seed_everything(seed)
     out = work / training_folder(plan, budget) / f"seed{seed}"
-    target, trained = finetuned(BASE, data, row, seed, budget.finetune_steps, budget.batch_size, out / "train",
-                                resume=True)
-    cost = cached(out / "train" / "cost.json", lambda: trained)  # a re-scored adapter keeps its training's cost
-    folder = out / f"geneval-{PROTOCOL}"
-    seconds, latent_steps = traced_sampling(target, lambda: sample_held_out(target, folder, budget.sample_steps))
-    held_out = {**scored_verdicts(folder), "sample_seconds": seconds, "latent_steps": latent_steps}
-    started = time.perf_counter()
-    train_prompts = score_images(target, out / "train-prompts")
-    train_prompts["sample_seconds"] = time.perf_counter() - started
-    return {**cost, "seed": seed, "protocol": PROTOCOL, "gate": plan.gate, "preset": row.preset, "geneval": held_out,
-            "train_prompts": train_prompts}
+    loaded = []
+
+    def target():
+        if not loaded:
+            seed_everything(seed)
+            model, trained = finetuned(BASE, data, row, seed, budget.finetune_steps, budget.batch_size,
+                                       out / "train", resume=True)
+            cached(out / "train" / "cost.json", lambda: trained)  # a re-scored adapter keeps its training's cost
+            loaded.append(model)
+        return loaded[0]
+
+    def sample_held_out_traced() -> dict:
+        model = target()
+        seconds, latent_steps = traced_sampling(model, lambda: sample_held_out(model, held_out, budget.sample_steps))
+        return {"sample_seconds": seconds, "latent_steps": latent_steps}
+
+    def sample_train_prompts() -> dict:
+        started = time.perf_counter()
+        sample_images(target(), train_prompts)
+        return {"sample_seconds": time.perf_counter() - started}
+
+    held_out, train_prompts = out / f"geneval-{PROTOCOL}", out / "train-prompts"
+    held_out_cost = cached(held_out / "sampled.json", sample_held_out_traced)
+    train_prompts_cost = cached(train_prompts / "sampled.json", sample_train_prompts)
+    if not (out / "train" / "cost.json").is_file():
+        target()
+    cost = json.loads((out / "train" / "cost.json").read_text())
+    return {**cost, "seed": seed, "protocol": PROTOCOL, "detector": DETECTOR_VERSION, "gate": plan.gate,
+            "preset": row.preset, "fields": row.fields, "geneval": {**scored_verdicts(held_out), **held_out_cost},
+            "train_prompts": {**score_folder(train_prompts), **train_prompts_cost}}
 
 
-def report(results: dict[str, list[dict]], out: Path, command: str) -> None:
-    cols = ["overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"]
-    lines = ["# The decisive reproduction on the compositional fine-tuning task (in progress)", "",
-             f"Produced by `{command}` from the finished rows (budget {DECISIVE}; held-out protocol `{PROTOCOL}`, "
-             f"{held_out_images()} images a row and seed; training prompts as in `finetune_pilot.md`). Mean "
-             "over training seeds with the half-width of its 95% interval (Student's t), percent.", "",
-             "| row | gate | held-out " + " | ".join(cols) + " | training prompts overall | train s | sample s "
-             "| seeds |", "| --- | --- |" + " ---: |" * (len(cols) + 4)]
-    for plan in DESIGN:
-        rows = results.get(plan.row.name)
-        if not rows:
-            continue
-        cells = [fmt_ci([r["geneval"]["scores"][c] for r in rows]) for c in cols]
-        sample = sum(r["geneval"]["sample_seconds"] + r["train_prompts"]["sample_seconds"] for r in rows) / len(rows)
-        lines.append(f"| {plan.row.name} | {plan.gate or '-'} | " + " | ".join(cells)
-                     + f" | {fmt_ci([r['train_prompts']['scores']['overall'] for r in rows])} | "
-                     f"{sum(r['train_seconds'] for r in rows) / len(rows):.0f} | {sample:.0f} | {len(rows)} |")
-    lines += ["", "| claim | difference (held-out overall, points) | MDE | verdict | Holm |",
-              "| --- | ---: | ---: | --- | --- |"]
-    lines += [f"| {c.text} | " + " | ".join(cells) + " |" for c, cells in zip(CLAIMS, compare(CLAIMS, results))]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+def report(results: dict[str, list[dict]], work: Path, out: Path) -> None:
+    """``reproduction.md`` (tables, claims, forest plot, sample grid) from the finished rows."""
+    folders = {plan.row.name: work / training_folder(plan, DECISIVE) / "seed0" / f"geneval-{PROTOCOL}"
+               for plan in DESIGN}
+    context = {"command": "python -m benchmarks.reproduce_compositional --report-only", "budget": str(DECISIVE),
+               "protocol": PROTOCOL, "held_out_images": held_out_images(),
+               "finished": sum(len(rows) for rows in results.values()), "planned": len(jobs(DESIGN, None, None, True))}
+    write_report(context, DESIGN, CLAIMS, results, folders, out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard", default="0/1", help="I/N: run every N-th job starting at I (one per process)")
     parser.add_argument("--work", default="runs/compositional", help="data, adapters and samples of every row")
     parser.add_argument("--rows-dir", default="docs/results/compositional_rows")
-    parser.add_argument("--out", default="docs/results/compositional.md")
+    parser.add_argument("--out", default="docs/results/reproduction.md")
     parser.add_argument("--plan", action="store_true", help="measure a row's cost and print the run plan")
     parser.add_argument("--plan-held-out-images", type=int, default=None,
                         help="plan for this many held-out images a row and seed (default: the protocol's; v2 has "
@@ -276,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         path = row_path(rows_dir, plan, seed, DECISIVE)
         if path.is_file():
             results.setdefault(plan.row.name, []).append(json.loads(path.read_text()))
-    report(results, Path(args.out), "python -m benchmarks.reproduce_compositional --report-only")
+    report(results, work, Path(args.out))
     print(f"wrote {args.out}")
     return 0
 

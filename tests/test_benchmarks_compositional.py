@@ -156,6 +156,16 @@ def test_the_driver_runs_caches_and_resumes_rows_on_a_tiny_base(tmp_path, monkey
     assert len(rescored) == 2
     again = json.loads(next(p for p in rescored if "sft-middle" in str(p)).read_text())
     assert again["train_seconds"] == result["train_seconds"] and again["protocol"] == "v2"
+    # a new detector version re-scores the saved images: nothing is loaded, trained or sampled
+    def no_model(*args, **kwargs):
+        raise AssertionError("a re-score must not load a model")
+
+    monkeypatch.setattr(reproduce_compositional, "finetuned", no_model)
+    monkeypatch.setattr(reproduce_compositional, "DETECTOR_VERSION", "test")
+    assert reproduce_compositional.main(args) == 0
+    rescored = json.loads(next((tmp_path / "rows").rglob("*v2-dtest/sft-middle*/seed0.json")).read_text())
+    assert rescored["detector"] == "test" and rescored["geneval"]["verdicts"] == again["geneval"]["verdicts"]
+    assert rescored["geneval"]["sample_seconds"] == again["geneval"]["sample_seconds"]
 
 
 def test_the_pilot_climbs_its_ladder_once_and_reports_every_cached_rung(tmp_path, monkeypatch):

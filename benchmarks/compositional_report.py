@@ -1,0 +1,252 @@
+"""The decisive reproduction's report: ``docs/results/reproduction.md`` from the cached rows of
+``benchmarks.reproduce_compositional`` (which calls :func:`write_report`; ``--report-only`` redraws it).
+
+Every comparison is paired image by image (the rows share prompts and noise) with the crossed seed x prompt
+model of ``benchmarks.stats``. A row without training randomness (the base) pairs with every seed of the other
+row: its images are the same whatever the seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.reproduction_claims import Claim
+from benchmarks.stats import Comparison, compare_verdicts, holm, row_interval
+from thinkpix.images import make_labelled_grid
+from thinkpix.shapes.recipes import COMPOSITIONAL_TAGS
+
+TAGS = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
+GRID_ROWS = ["base", "SFT (middle)", "RSR M=2, T=2 (middle)"]
+GRID_IMAGES = 2  # images of each tag in the sample grid (first sample of evenly spread prompts)
+
+
+def held_out_verdicts(result: dict) -> list[dict]:
+    return result["geneval"]["verdicts"]
+
+
+def train_prompt_verdicts(result: dict) -> list[dict]:
+    """The training-prompt images of the four compositional tags (the fine-tuning distribution) as verdict
+    dicts; the repeats of a prompt are its samples."""
+    found, index, seen = [], {}, {}
+    scored = result["train_prompts"]
+    for tag, prompt, correct in zip(scored["tags"], scored["prompts"], scored["correct"]):
+        if tag in COMPOSITIONAL_TAGS:
+            i = index.setdefault((tag, prompt), len(index))
+            seen[i] = seen.get(i, -1) + 1
+            found.append({"prompt_index": i, "sample_index": seen[i], "tag": tag, "correct": correct})
+    return found
+
+
+def untrained(rows: list[dict]) -> bool:
+    """One result with no training steps (the base): its images are the same whatever the seed."""
+    return len(rows) == 1 and not rows[0].get("train_steps")
+
+
+def by_seed(rows: list[dict], verdicts, seeds: list[int]) -> dict[int, list[dict]]:
+    if untrained(rows):
+        return {seed: verdicts(rows[0]) for seed in seeds}
+    return {r["seed"]: verdicts(r) for r in rows if r["seed"] in seeds}
+
+
+def paired(better: list[dict], worse: list[dict], verdicts=held_out_verdicts) -> tuple[Comparison, int] | None:
+    """``better`` minus ``worse`` on the seeds both have (against the base: every seed of the other row), and
+    how many seeds that is; None when there is nothing to pair."""
+    trained = [rows for rows in (better, worse) if rows and not untrained(rows)]
+    if not better or not worse or not trained:
+        return None
+    seeds = sorted(set.intersection(*({r["seed"] for r in rows} for rows in trained)))
+    if not seeds:
+        return None
+    return compare_verdicts(by_seed(better, verdicts, seeds), by_seed(worse, verdicts, seeds)), len(seeds)
+
+
+def verdict(comparison: Comparison) -> str:
+    low, high = comparison.mean - comparison.half_width, comparison.mean + comparison.half_width
+    return "supported" if low > 0 else "contradicted" if high < 0 else "not resolved"
+
+
+def claim_lines(claims: list[Claim], results: dict[str, list[dict]]) -> list[dict]:
+    """Per claim: the paired comparison (None when a row is missing), seeds, verdicts uncorrected and Holm's."""
+    found = [paired(results.get(c.better, []), results.get(c.worse, [])) for c in claims]
+    rejected = holm([f[0].p_value if f else math.nan for f in found])
+    lines = []
+    for claim, result, holm_rejects in zip(claims, found, rejected):
+        if result is None:
+            lines.append({"claim": claim, "comparison": None})
+            continue
+        comparison, seeds = result
+        lines.append({"claim": claim, "comparison": comparison, "seeds": seeds, "verdict": verdict(comparison),
+                      "holm": verdict(comparison) if holm_rejects else "not resolved"})
+    return lines
+
+
+def points(comparison: Comparison) -> str:
+    return f"{100 * comparison.mean:+.2f} ± {100 * comparison.half_width:.2f}"
+
+
+def held_out_table(design: list, results: dict[str, list[dict]]) -> list[str]:
+    lines = ["| row | gate | seeds | overall | " + " | ".join(TAGS) + " |",
+             "| --- | --- |" + " ---: |" * (len(TAGS) + 2)]
+    for plan in design:
+        rows = results.get(plan.row.name)
+        if not rows:
+            continue
+        overall = row_interval({r["seed"]: held_out_verdicts(r) for r in rows}, prompts="random")
+        tags = [100 * np.mean([r["geneval"]["scores"][t] for r in rows]) for t in TAGS]
+        lines.append(f"| {plan.row.name} | {plan.gate or '-'} | {len(rows)} | {100 * overall.mean:.1f} ± "
+                     f"{100 * overall.half_width:.1f} | " + " | ".join(f"{t:.1f}" for t in tags) + " |")
+    return lines
+
+
+def cost_table(design: list, results: dict[str, list[dict]]) -> list[str]:
+    """The fine-tuning distribution (training prompts, four compositional tags) against the base, and the cost."""
+    base = results.get("base", [])
+    lines = ["| row | training prompts (4 tags) | vs base, paired | MDE | trainable params | train s | held-out "
+             "sample s | vs base | latent steps |", "| --- |" + " ---: |" * 8]
+    base_seconds = np.mean([r["geneval"]["sample_seconds"] for r in base]) if base else math.nan
+    for plan in design:
+        rows = results.get(plan.row.name)
+        if not rows:
+            continue
+        own = 100 * np.mean([np.mean([v["correct"] for v in train_prompt_verdicts(r)]) for r in rows])
+        gain = paired(rows, base, train_prompt_verdicts) if plan.row.name != "base" else None
+        seconds = np.mean([r["geneval"]["sample_seconds"] for r in rows])
+        steps = [r["geneval"]["latent_steps"] for r in rows if r["geneval"].get("latent_steps")]
+        cells = [f"{own:.1f}", points(gain[0]) if gain else "-", f"{100 * gain[0].mde:.2f}" if gain else "-",
+                 f"{int(np.mean([r['trainable_params'] for r in rows])):,}",
+                 f"{np.mean([r['train_seconds'] for r in rows]):.0f}", f"{seconds:.0f}",
+                 f"{seconds / base_seconds:.2f}x", f"{np.mean(steps):.2f}" if steps else "-"]
+        lines.append(f"| {plan.row.name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def claims_table(lines: list[dict]) -> list[str]:
+    table = ["| claim | difference (held-out overall, points) | MDE (80% power) | p | seeds | verdict | Holm |",
+             "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
+    for line in lines:
+        c = line["comparison"]
+        table.append(f"| {line['claim'].text} | not run | - | - | - | not run | not run |" if c is None else
+                     f"| {line['claim'].text} | {points(c)} | {100 * c.mde:.2f} | {c.p_value:.3f} | {line['seeds']} | "
+                     f"{line['verdict']} | {line['holm']} |")
+    return table
+
+
+def forest_plot(lines: list[dict], path: Path) -> Path | None:
+    """Paired differences with their 95% intervals, and each claim's MDE marked on both sides of zero."""
+    ran = [line for line in lines if line["comparison"] is not None]
+    if not ran:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.55 * len(ran) + 1.2))
+    for y, line in enumerate(reversed(ran)):
+        c = line["comparison"]
+        ax.errorbar(100 * c.mean, y, xerr=100 * c.half_width, fmt="o", color="black", capsize=3)
+        ax.plot([-100 * c.mde, 100 * c.mde], [y, y], "|", color="tab:red", markersize=12)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_yticks(range(len(ran)), [f"{line['claim'].text} ({line['seeds']} seeds)" for line in reversed(ran)],
+                  fontsize=7)
+    ax.set_xlabel("paired difference, held-out overall (points); red ticks: +-MDE at 80% power")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def sample_grid(folders: dict[str, Path], results: dict[str, list[dict]], path: Path) -> Path | None:
+    """Base vs SFT vs RSR on the same held-out prompts and noise (seed 0), each tile marked by the scorer."""
+    rows = [name for name in GRID_ROWS if name in folders and (folders[name] / "sampled.json").is_file()]
+    if len(rows) < 2:
+        return None
+    first = {name: {(v["prompt_index"], v["sample_index"]): v for v in held_out_verdicts(
+        next(r for r in results[name] if r["seed"] == 0))} for name in rows}
+    chosen = []
+    for tag in TAGS:
+        prompts = sorted({p for (p, s), v in first[rows[0]].items() if v["tag"] == tag and s == 0})
+        chosen += [prompts[i * len(prompts) // GRID_IMAGES] for i in range(GRID_IMAGES)]
+    images, labels, marks = [], [], []
+    for name in rows:
+        for prompt in chosen:
+            folder = folders[name] / f"{prompt:05d}"
+            images.append(np.asarray(Image.open(folder / "samples" / "00000.png").convert("RGB")))
+            labels.append(f"{name}: {json.loads((folder / 'metadata.jsonl').read_text())['prompt']}")
+            marks.append(bool(first[name][(prompt, 0)]["correct"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(make_labelled_grid(np.stack(images), labels, ncols=len(chosen), marks=marks)).save(path)
+    return path
+
+
+def answer(lines: list[dict], results: dict[str, list[dict]], finished: int, planned: int) -> list[str]:
+    """The plain-language answer at the top, generated from the claims (never written by hand)."""
+    said = [f"**Status: {finished} of {planned} (row, seed) jobs finished.**" + (
+        " The run resumes from the committed cache; rows and verdicts below change as seeds are added."
+        if finished < planned else "")]
+    for line in lines:
+        c = line["comparison"]
+        if c is None:
+            said.append(f"- {line['claim'].text}: not run yet.")
+            continue
+        reach = ("resolved" if line["verdict"] != "not resolved" else
+                 f"an effect of {100 * c.mde:.1f} points or more would have been seen with 80% power")
+        said.append(f"- {line['claim'].text}: {points(c)} points ({line['seeds']} seeds, MDE {100 * c.mde:.1f}): "
+                    f"**{line['verdict']}** uncorrected, **{line['holm']}** after Holm; {reach}.")
+    sft, rsr = results.get("SFT (middle)"), results.get("RSR M=2, T=2 (middle)")
+    if sft and rsr:
+        ratio = (np.mean([r["geneval"]["sample_seconds"] for r in rsr])
+                 / np.mean([r["geneval"]["sample_seconds"] for r in sft]))
+        said.append(f"- Extra compute: RSR M=2, T=2 on the middle layer samples in {ratio:.2f}x SFT's time "
+                    "(wall clock on the shared 2-core machine, so a rough figure; the cost table has every row).")
+    return said
+
+
+def write_report(context: dict, design: list, claims: list[Claim], results: dict[str, list[dict]],
+                 folders: dict[str, Path], out: Path) -> None:
+    """``context``: command, budget, protocol, held_out_images, finished, planned (strings and counts)."""
+    lines = claim_lines(claims, results)
+    forest = forest_plot(lines, out.with_name("reproduction_forest.png"))
+    grid = sample_grid(folders, results, out.with_name("reproduction_samples.png"))
+    text = ["# The decisive reproduction: does RSR beat LoRA on held-out compositions?", "",
+            f"Produced by `{context['command']}` from the cached rows in `docs/results/compositional_rows/`. "
+            "The paper-tables design of earlier sessions (fine-tuning on the bases' own pretraining distribution "
+            "for 250 steps) stays reproducible under its own name: `paper_tables_v1.md`, "
+            "`python -m benchmarks.reproduce_tables`.", "", "## The answer so far", "",
+            *answer(lines, results, context["finished"], context["planned"]), "",
+            "## Design", "",
+            f"- Fine-tuning: every row fine-tunes `shapes-t2i` on the `compositional` recipe (training bindings of "
+            f"two_object, counting, position and color_attr; no image shows a held-out binding) at {context['budget']}"
+            " (`finetune_task.md` gives the pilot that chose it on training prompts).",
+            f"- Held-out evaluation: Shapes-GenEval `{context['protocol']}`, {context['held_out_images']} images a "
+            "row and seed, noise fixed per (prompt, sample), the same for every row and training seed.",
+            "- Statistics (`benchmarks/stats.py`): every difference is paired image by image; its 95% interval and "
+            "minimum detectable effect (80% power) come from the crossed model over training seeds and prompts. "
+            "Holm's correction is over the claims of the table below.", "",
+            "## Held-out compositions (percent; overall with its 95% interval over seeds and prompts)", "",
+            *held_out_table(design, results), "",
+            "## The fine-tuning distribution and the cost", "",
+            "Training prompts of the four compositional tags (the 192 of the pilot's 240 images, selection seed), "
+            "paired to the base image by image: this shows whether fine-tuning changed the model where it was "
+            "trained. Seconds are wall clock on the shared 2-core machine, means over seeds.", "",
+            *cost_table(design, results), "", "## The claims", "", *claims_table(lines), ""]
+    if forest:
+        text += [f"![claims]({forest.name})", "",
+                 "Forest plot: paired difference and 95% interval per claim; the red ticks mark +-MDE.", ""]
+    if grid:
+        text += [f"![samples]({grid.name})", "",
+                 "Base, SFT and RSR (middle layer, seed 0) on the same held-out prompts and noise; each tile is "
+                 "framed by the scorer's verdict.", ""]
+    text += ["## Reproducing a row", "", "Each row's cached numbers come back from (one process; add `--shard I/N` "
+             "to split):", "", "```bash"]
+    text += [f"python -m benchmarks.reproduce_compositional --rows \"{plan.row.name}\" --seeds "
+             + " ".join(str(s) for s in range(plan.seeds)) for plan in design]
+    text += ["```", ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(text) + "\n")

@@ -1,0 +1,72 @@
+"""The decisive reproduction's report: pairing with the base, claims with Holm, the forest plot, the answer."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import compositional_report as report  # noqa: E402
+from benchmarks.reproduction_claims import Claim  # noqa: E402
+from benchmarks.reproduce_compositional import DESIGN  # noqa: E402
+
+TAGS = report.TAGS
+PROMPTS = 12  # per tag
+SAMPLES = 4
+
+
+def _result(seed: int, rate: float, steps: int = 10) -> dict:
+    """A cached (row, seed) with held-out verdicts drawn at ``rate`` (per-seed noise) and training prompts."""
+    rng = np.random.default_rng(1000 * seed + int(1000 * rate))
+    verdicts = [{"prompt_index": t * PROMPTS + p, "sample_index": k, "tag": tag, "correct": bool(rng.random() < rate)}
+                for t, tag in enumerate(TAGS) for p in range(PROMPTS) for k in range(SAMPLES)]
+    scores = {tag: float(np.mean([v["correct"] for v in verdicts if v["tag"] == tag])) for tag in TAGS}
+    train = [(tag, f"{tag} prompt {i % 5}", bool(rng.random() < rate)) for tag in TAGS for i in range(20)]
+    return {"seed": seed, "train_steps": steps, "train_seconds": 1.0, "trainable_params": 10,
+            "geneval": {"verdicts": verdicts, "scores": {**scores, "overall": float(np.mean(list(scores.values())))},
+                        "sample_seconds": 2.0, "latent_steps": None},
+            "train_prompts": {"tags": [t for t, _, _ in train], "prompts": [p for _, p, _ in train],
+                              "correct": [c for _, _, c in train]}}
+
+
+def test_the_base_pairs_with_every_seed_and_training_prompts_keep_the_four_tags():
+    base = [_result(0, 0.3, steps=0)]
+    sft = [_result(s, 0.6) for s in range(3)]
+    comparison, seeds = report.paired(sft, base, report.train_prompt_verdicts)
+    assert seeds == 3 and comparison.mean > 0.15 and comparison.mean - comparison.half_width > 0
+    kept = report.train_prompt_verdicts(sft[0])
+    assert {v["tag"] for v in kept} == {"two_object", "counting", "position", "color_attr"} and len(kept) == 80
+    assert max(v["sample_index"] for v in kept) == 3  # 20 images of 5 prompts: the repeats are samples
+    assert report.paired(base, base) is None
+    # two trained rows pair on the seeds both have
+    assert report.paired(sft, [_result(s, 0.5) for s in (1, 2, 5)])[1] == 2
+
+
+def test_claims_get_holm_verdicts_a_forest_plot_and_a_generated_answer(tmp_path):
+    results = {"base": [_result(0, 0.3, steps=0)], "A": [_result(s, 0.7) for s in range(5)],
+               "B": [_result(s, 0.4) for s in range(5)], "C": [_result(s, 0.41) for s in range(5)]}
+    claims = [Claim("A beats B", "t2i", "A", "B"), Claim("B beats C", "t2i", "B", "C"),
+              Claim("missing", "t2i", "A", "nowhere")]
+    lines = report.claim_lines(claims, results)
+    assert lines[0]["verdict"] == "supported" and lines[0]["holm"] == "supported" and lines[0]["seeds"] == 5
+    assert lines[1]["verdict"] == "not resolved" and lines[2]["comparison"] is None
+    assert report.forest_plot(lines, tmp_path / "forest.png").stat().st_size > 0
+    said = "\n".join(report.answer(lines, results, finished=16, planned=45))
+    assert "16 of 45" in said and "A beats B" in said and "**supported**" in said and "not run yet" in said
+    mde = 100 * lines[1]["comparison"].mde
+    assert f"an effect of {mde:.1f} points or more" in said
+
+
+def test_the_report_lists_a_command_for_every_row(tmp_path):
+    results = {"base": [_result(0, 0.3, steps=0)], "SFT (middle)": [_result(s, 0.5) for s in range(2)]}
+    context = {"command": "cmd", "budget": "budget", "protocol": "v2", "held_out_images": 288, "finished": 3,
+               "planned": 45}
+    out = tmp_path / "reproduction.md"
+    report.write_report(context, DESIGN, [], results, {}, out)
+    text = out.read_text()
+    assert "| SFT (middle) | - | 2 |" in text and "| base | - | 1 |" in text
+    for plan in DESIGN:
+        assert f'--rows "{plan.row.name}" --seeds ' + " ".join(map(str, range(plan.seeds))) in text
