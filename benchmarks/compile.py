@@ -24,7 +24,7 @@ if __package__ in (None, ""):
 import torch
 from diffusers import DiTTransformer2DModel, SD3Transformer2DModel
 
-from benchmarks.common import command_line, machine_facts, time_runs
+from benchmarks.common import allocator_name, command_line, machine_facts, time_runs
 from benchmarks.compile_rows import Host, build_variants, compile_all, measure, table
 
 SHAPES_CONFIG = dict(attention_head_dim=64, caption_projection_dim=128, in_channels=3, joint_attention_dim=64,
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# Eager against torch.compile on CPU (issue 21)", "",
              f"Produced by `{command_line()}` (written by `benchmarks/compile.py`; rerun to refresh).", "",
              *machine_facts([1]),
+             f"- allocator: glibc `{allocator_name()}` (`heap`: freed buffers are kept for reuse; see dispatch.md)",
              "- compile: `torch.compile(model, fullgraph=True)` (inductor, default mode); RSR's `sorted` dispatch runs "
              "as `grouped` under compile",
              f"- timing: {rounds} rounds; in each, every (variant, mode, eager/compiled) callable is timed once "
