@@ -24,7 +24,7 @@ if __package__ in (None, ""):
 import torch
 from diffusers import DiTTransformer2DModel, SD3Transformer2DModel
 
-from benchmarks.common import command_line, machine_facts, time_runs
+from benchmarks.common import allocator_name, command_line, machine_facts, time_runs
 from benchmarks.compile_rows import Host, build_variants, compile_all, measure, table
 
 SHAPES_CONFIG = dict(attention_head_dim=64, caption_projection_dim=128, in_channels=3, joint_attention_dim=64,
@@ -75,6 +75,9 @@ def shapes_sampling(rounds: int, steps: int, modes: tuple[bool, ...]) -> tuple[l
     from thinkpix.shapes.prompts import training_metadata
 
     probe = [r["prompt"] for r in training_metadata()[:8]]
+    # the host section compiled the same SD3 forward for every variant and mode: dynamo's recompile limit (8 per
+    # code object) would fail the two compilations below under fullgraph
+    torch._dynamo.reset()
     rows = {}
     for name in ("base", "RSR M=4 T=5"):
         for compiled in modes:
@@ -126,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# Eager against torch.compile on CPU (issue 21)", "",
              f"Produced by `{command_line()}` (written by `benchmarks/compile.py`; rerun to refresh).", "",
              *machine_facts([1]),
+             f"- allocator: glibc `{allocator_name()}` (`heap`: freed buffers are kept for reuse; see dispatch.md)",
              "- compile: `torch.compile(model, fullgraph=True)` (inductor, default mode); RSR's `sorted` dispatch runs "
              "as `grouped` under compile",
              f"- timing: {rounds} rounds; in each, every (variant, mode, eager/compiled) callable is timed once "

@@ -185,11 +185,17 @@ def sample_grid(folders: dict[str, Path], results: dict[str, list[dict]], path: 
     return path
 
 
-def answer(lines: list[dict], results: dict[str, list[dict]], finished: int, planned: int) -> list[str]:
+def answer(lines: list[dict], results: dict[str, list[dict]], finished: int, planned: int,
+           budget_chosen: bool = True) -> list[str]:
     """The plain-language answer at the top, generated from the claims (never written by hand)."""
     said = [f"**Status: {finished} of {planned} (row, seed) jobs finished.**" + (
         " The run resumes from the committed cache; rows and verdicts below change as seeds are added."
         if finished < planned else "")]
+    if not budget_chosen:
+        said.append("\n**No fine-tuning budget is chosen, so the rows have not been run and this report answers "
+                    "nothing yet.** In the pilot (`finetune_task.md`) no budget made SFT beat the base on "
+                    "training prompts, and the adapters change the loss by under 0.6%: on this base the "
+                    "compositional task has too little to learn for a comparison of adapters to mean anything.\n")
     for line in lines:
         c = line["comparison"]
         if c is None:
@@ -219,11 +225,14 @@ def write_report(context: dict, design: list, claims: list[Claim], results: dict
             "The paper-tables design of earlier sessions (fine-tuning on the bases' own pretraining distribution "
             "for 250 steps) stays reproducible under its own name: `paper_tables_v1.md`, "
             "`python -m benchmarks.reproduce_tables`.", "", "## The answer so far", "",
-            *answer(lines, results, context["finished"], context["planned"]), "",
+            *answer(lines, results, context["finished"], context["planned"], context.get("budget_chosen", True)),
+            "",
             "## Design", "",
             f"- Fine-tuning: every row fine-tunes `shapes-t2i` on the `compositional` recipe (training bindings of "
             f"two_object, counting, position and color_attr; no image shows a held-out binding) at {context['budget']}"
-            " (`finetune_task.md` gives the pilot that chose it on training prompts).",
+            + (" (`finetune_task.md` gives the pilot that chose it on training prompts)."
+               if context.get("budget_chosen", True)
+               else " (the driver's default: the pilot in `finetune_task.md` chose no budget)."),
             f"- Held-out evaluation: Shapes-GenEval `{context['protocol']}`, {context['held_out_images']} images a "
             "row and seed, noise fixed per (prompt, sample), the same for every row and training seed.",
             "- Statistics (`benchmarks/stats.py`): every difference is paired image by image; its 95% interval and "

@@ -37,12 +37,24 @@ ARMS = {
     "lr1e-3-linear": Row("SFT (middle), lr 1e-3 decayed", "sft", {"layers": "middle", "lr_scheduler": "linear"}),
     "lr3e-3-linear": Row("SFT (middle), lr 3e-3 decayed", "sft",
                          {"layers": "middle", "learning_rate": 3e-3, "lr_scheduler": "linear"}),
-    "three-lr1e-3-linear": Row("SFT (three layers), lr 1e-3 decayed", "sft",
-                               {"layers": "three", "lr_scheduler": "linear"}),
+    "lr1e-3-cfg": Row("SFT (middle), 10% empty captions", "sft", {"layers": "middle", "condition_dropout": 0.1}),
+    "lr1e-3-linear-cfg": Row("SFT (middle), lr 1e-3 decayed, 10% empty captions", "sft",
+                             {"layers": "middle", "lr_scheduler": "linear", "condition_dropout": 0.1}),
+    "n8000-cfg": Row("SFT (middle), 8000 images, 10% empty captions", "sft",
+                     {"layers": "middle", "condition_dropout": 0.1}),
 }
-"""Pilot arms by name: the preset's constant rate (1e-3), a higher one, and both decayed linearly to 0 at the
+"""Pilot arms by name: the preset's constant rate (1e-3), a higher one, both decayed linearly to 0 at the
 budget (the shipped base is the end of a cool-down, and its constant-rate stretches barely moved it:
-``shapes_bases.md``), plus SFT on three layers."""
+``shapes_bases.md``), and arms that keep training the unconditional model: the presets replace no caption by
+the empty prompt, so an adapter changes the unconditional prediction that classifier-free guidance amplifies
+(4x) without ever being trained on it; the base was pretrained with 10% empty captions. The 8000-image arm
+sees each image 4 times in 1000 steps instead of 32 (over-fitting)."""
+ARM_IMAGES = {ARMS["n8000-cfg"].name: 8000}
+"""Fine-tuning images of the arms that do not use ``TRAIN_IMAGES`` (the first ``n`` of the same stream)."""
+
+
+def arm_images(arm: Row) -> int:
+    return ARM_IMAGES.get(arm.name, TRAIN_IMAGES)
 
 
 def decays(arm: Row) -> bool:
@@ -140,17 +152,21 @@ def paired_interval(diff: np.ndarray, tags: list[str], prompts: list[str], reps:
 def run(work: Path, rows_dir: Path, arms: list[str], seeds: list[int], ladder: list[int]) -> dict:
     """The base's verdicts, then every (arm, rung, seed) not cached yet, rung by rung (an interrupted pilot has
     every seed at the lower rungs). Returns the base's result."""
-    data = make_dataset(work / "data", n=TRAIN_IMAGES, seed=0, recipe="compositional")
-    base = cached(rows_dir / "base.json", lambda: score_images(finetuned(BASE, data, Row("base", "base"), 0, 0,
-                                                                         BATCH_SIZE, work / "base")[0],
-                                                               work / "base" / "geneval"))
-    for arm in (ARMS[name] for name in arms):
+    sizes = {TRAIN_IMAGES, *(arm_images(ARMS[name]) for name in arms)}
+    data = {n: make_dataset(work / ("data" if n == TRAIN_IMAGES else f"data-n{n}"), n=n, seed=0,
+                            recipe="compositional") for n in sizes}
+    base = cached(rows_dir / "base.json", lambda: score_images(
+        finetuned(BASE, data[TRAIN_IMAGES], Row("base", "base"), 0, 0, BATCH_SIZE, work / "base")[0],
+        work / "base" / "geneval"))
+    for name in arms:
+        arm, images = ARMS[name], arm_images(ARMS[name])
         for steps in ladder:
             for seed in seeds:
-                def compute(arm=arm, seed=seed, steps=steps) -> dict:
+                def compute(arm=arm, seed=seed, steps=steps, images=images) -> dict:
                     seed_everything(seed)
                     out = work / arm.slug / (f"seed{seed}-steps{steps}" if decays(arm) else f"seed{seed}")
-                    target, cost = finetuned(BASE, data, arm, seed, steps, BATCH_SIZE, out / "train", resume=True)
+                    target, cost = finetuned(BASE, data[images], arm, seed, steps, BATCH_SIZE, out / "train",
+                                             resume=True)
                     return {**cost, **score_images(target, out / f"geneval-step{steps}")}
 
                 result = cached(rows_dir / arm.slug / f"seed{seed}-step{steps}.json", compute)
@@ -177,7 +193,8 @@ def rung_line(name: str, steps: int, results: list[dict], base: dict, cols: list
                        - compositional_overall(base_correct, tags)) for r in results]
     train = sum(r["train_seconds"] for r in results) / len(results)
     scores = {c: float(np.mean([r["scores"][c] for r in results])) for c in cols}
-    line = (f"| {name} | {steps} | {steps * BATCH_SIZE / TRAIN_IMAGES:.0f} | {len(results)} | "
+    epochs = steps * BATCH_SIZE / ARM_IMAGES.get(name, TRAIN_IMAGES)
+    line = (f"| {name} | {steps} | {epochs:.0f} | {len(results)} | "
             f"{100 * compositional_overall(correct, tags):.1f} | " + " | ".join(f"{100 * scores[c]:.1f}" for c in cols)
             + f" | {100 * point:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] "
             f"(seeds: {', '.join(f'{d:+.1f}' for d in per_seed)}) | {train:.0f} |")

@@ -68,7 +68,7 @@ def design_mde(parts: dict, images: dict[str, int], seeds: int, seed_sd: float |
 
 
 def power_section(t2i: dict[str, list[dict]]) -> list[str]:
-    """The power table of ``docs/results/reproduction.md`` (empty when a comparison's rows are missing)."""
+    """The power table of ``docs/results/paper_tables_v1.md`` (empty when a comparison's rows are missing)."""
     present = {name: pair for name, pair in COMPARISONS.items() if all(p in t2i for p in pair)}
     if not present:
         return []

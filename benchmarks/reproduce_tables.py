@@ -17,7 +17,7 @@ finished rows, so the full mode resumes after an interruption, also in a later s
     nohup python -m benchmarks.reproduce_tables > repro.log 2>&1 &   # about 2 h on 2 cores
     python -m benchmarks.reproduce_tables --rows "RSR M=2, T=2 (middle)" --seeds 0   # one row, one seed
 
-Writes ``docs/results/reproduction.md`` (``--out``; quick runs write into ``--work``) and a ``.json`` next to it.
+Writes ``docs/results/paper_tables_v1.md`` (``--out``; quick runs write into ``--work``) and a ``.json`` next to it.
 """
 
 from __future__ import annotations
@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows-dir", default=None,
                         help="finished rows, one JSON each (default: docs/results/reproduction_rows for the full "
                              "mode, so that finished rows are committed and a later session resumes from them)")
-    parser.add_argument("--out", default=None, help="report path (default docs/results/reproduction[_quick].md)")
+    parser.add_argument("--out", default=None,
+                        help="report path (default docs/results/paper_tables_v1.md; quick: <work>/reproduction.md)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report-only", action="store_true",
                         help="write the report from the finished rows only (no training; unfinished rows left out)")
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     budget, mode = (QUICK, "quick") if args.quick else (FULL, "full")
     work = Path(args.work) / f"{mode}-{budget.key()}"
-    out = Path(args.out or (work / "reproduction.md" if args.quick else "docs/results/reproduction.md"))
+    out = Path(args.out or (work / "reproduction.md" if args.quick else "docs/results/paper_tables_v1.md"))
     rows_dir = Path(args.rows_dir or (work / "rows" if args.quick else "docs/results/reproduction_rows")) / mode
     t2i, dpg, cls = {}, {}, {}
     if "t2i" in args.tables:

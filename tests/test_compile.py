@@ -8,9 +8,10 @@ from thinkpix import RSRConfig, apply_rsr, aux_loss, rsr_layers, rsr_parameters
 from thinkpix.core import dispatch
 from thinkpix.core.experts import ExpertBank
 from thinkpix.core.gate import LatentStepGate
-from tiny import dit_inputs, sd3_inputs, tiny_dit, tiny_sd3
+from tiny import dit_inputs, flux_inputs, sd3_inputs, tiny_dit, tiny_flux, tiny_sd3
 
-HOSTS = {"sd3": (tiny_sd3, sd3_inputs), "dit": (tiny_dit, dit_inputs)}
+# FLUX: layer 0 is a double-stream block, layer 3 a single-stream one
+HOSTS = {"sd3": (tiny_sd3, sd3_inputs), "dit": (tiny_dit, dit_inputs), "flux": (tiny_flux, flux_inputs)}
 
 
 def routed_step(bank: ExpertBank, x, idx, logits, dispatch_name: str, formulation: str | None, monkeypatch):
@@ -115,7 +116,29 @@ def run(model, inputs, train: bool):
     return out.detach(), [p.grad.clone() for p in params]
 
 
-@pytest.mark.parametrize("host", ["sd3", "dit"])
+def perturb(model) -> None:
+    """Random RSR parameters (non-zero B), so that every expert and gate does real arithmetic."""
+    with torch.no_grad():
+        for p in rsr_parameters(model):
+            p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
+
+
+def assert_one_graph_equal_to_eager(model, data, train: bool) -> list:
+    """One graph, no break, under ``torch._dynamo.explain``; the compiled outputs and RSR gradients equal eager's
+    within 1e-5. Returns eager's gradients."""
+    model.train(train)
+    explained = torch._dynamo.explain(model)(**data)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    eager_out, eager_grads = run(model, data, train)
+    torch._dynamo.reset()
+    out, grads = run(torch.compile(model, fullgraph=True, backend="aot_eager"), data, train)
+    torch.testing.assert_close(out, eager_out, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    return eager_grads
+
+
+@pytest.mark.parametrize("host", ["sd3", "dit", "flux"])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_fullgraph_compile_has_no_graph_break_and_equals_eager(host, train, tmp_path, monkeypatch):
     build, inputs = HOSTS[host]
@@ -123,21 +146,27 @@ def test_fullgraph_compile_has_no_graph_break_and_equals_eager(host, train, tmp_
         monkeypatch.setattr(dispatch, "FUSED_MAX_WORK", 0)
     model = build(tmp_path / host)
     apply_rsr(model, RSRConfig(num_experts=3, latent_steps=3, rank=4, layers=(0, 3), balance_loss_weight=0.1))
-    with torch.no_grad():
-        for p in rsr_parameters(model):
-            p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
-    model.train(train)
-    data = inputs()
-    explained = torch._dynamo.explain(model)(**data)
-    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
-    eager_out, eager_grads = run(model, data, train)
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    out, grads = run(compiled, data, train)
-    torch.testing.assert_close(out, eager_out, atol=1e-5, rtol=1e-5)
-    assert len(grads) == len(eager_grads)
-    for got, want in zip(grads, eager_grads):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    perturb(model)
+    grads = assert_one_graph_equal_to_eager(model, inputs(), train)
     if train:  # the routes were sampled (Gumbel noise), and the gate was trained by them
         steps = next(iter(rsr_layers(model).values())).last_steps
         assert steps[0].logits is not None and any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize(("halting", "train"), [("confidence", False), ("learned", True)], ids=["eval", "train"])
+def test_halting_compiles_fullgraph_and_equals_eager(halting, train, tmp_path):
+    """Halting at inference (tokens stop early: ``nonzero`` in eager, a masked update under compile) and the
+    learned criterion's ACT mixture in training, both traced as one graph, with eager's outputs."""
+    model = tiny_sd3(tmp_path / "sd3")
+    apply_rsr(model, RSRConfig(num_experts=3, latent_steps=3, rank=4, layers=(1,), halting=halting,
+                               halt_threshold=0.83, balance_loss_weight=0.1))
+    perturb(model)
+    processor = next(iter(rsr_layers(model).values()))
+    data = sd3_inputs()
+    model.train(train)
+    run(model, data, train)
+    used = processor.last_steps_used
+    if not train:  # some tokens halted, others ran on: both sides of the masked update are exercised
+        assert used.min() < 3 and used.max() == 3
+    assert_one_graph_equal_to_eager(model, data, train)
+    assert torch.equal(processor.last_steps_used, used)  # the compiled run (the latest) halted the same tokens

@@ -10,8 +10,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import compositional_report as report  # noqa: E402
-from benchmarks.reproduction_claims import Claim  # noqa: E402
 from benchmarks.reproduce_compositional import DESIGN  # noqa: E402
+from benchmarks.reproduction_claims import Claim  # noqa: E402
 
 TAGS = report.TAGS
 PROMPTS = 12  # per tag
@@ -70,3 +70,6 @@ def test_the_report_lists_a_command_for_every_row(tmp_path):
     assert "| SFT (middle) | - | 2 |" in text and "| base | - | 1 |" in text
     for plan in DESIGN:
         assert f'--rows "{plan.row.name}" --seeds ' + " ".join(map(str, range(plan.seeds))) in text
+    assert "No fine-tuning budget is chosen" not in text and "the pilot that chose it" in text
+    report.write_report({**context, "budget_chosen": False}, DESIGN, [], results, {}, out)
+    assert "No fine-tuning budget is chosen" in out.read_text() and "chose no budget" in out.read_text()

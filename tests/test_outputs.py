@@ -108,6 +108,16 @@ def test_sample_records_prompt_seed_and_model_for_every_image(tiny_t2i, tmp_path
         assert grid.width >= 2 * MIN_TILE_PX and grid.height > 2 * MIN_TILE_PX  # upscaled, captions below
 
 
+def test_sampling_accepts_a_compiled_transformer_as_diffusers_users_install_it(tiny_t2i):
+    target = load_target(tiny_t2i)
+    eager = target.sample(["a photo of a red circle"], seed=[3], steps=1)
+    transformer = target.pipeline.transformer
+    target.pipeline.transformer = torch.compile(transformer, fullgraph=True, backend="aot_eager")
+    assert target.transformer is transformer and target.kind == "caption"
+    compiled = target.sample(["a photo of a red circle"], seed=[3], steps=1)
+    np.testing.assert_allclose(compiled[0], eager[0], atol=1e-5)
+
+
 def test_sample_seed_list_must_match_the_conditions(tiny_t2i):
     with pytest.raises(ValueError, match="2 seeds for 1 conditions"):
         load_target(tiny_t2i).sample(["a photo of a red circle"], seed=[1, 2], steps=1)

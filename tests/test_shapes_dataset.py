@@ -38,3 +38,23 @@ def test_dataset_errors(tmp_path):
         make_dataset(tmp_path, n=1, seed=0, variant="video")
     with pytest.raises(ValueError, match=r"n=0 must be a positive int"):
         make_dataset(tmp_path, n=0, seed=0)
+
+
+def test_rewriting_a_set_never_exposes_a_partial_file(tmp_path, monkeypatch):
+    """Two benchmark processes may write the same deterministic set into one folder while a third reads it:
+    every file appears whole (written beside it, then renamed), and no temporary file is left."""
+    from thinkpix.shapes import dataset
+
+    out = make_dataset(tmp_path / "set", n=6, seed=0)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    seen = []
+    real_replace = dataset.os.replace
+
+    def replace(src, dst):  # at each rename the target is still the complete old file
+        seen.append(Image.open(dst).size if str(dst).endswith(".png") else None)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(dataset.os, "replace", replace)
+    make_dataset(out, n=6, seed=0)
+    assert seen.count((32, 32)) == 6
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -56,8 +56,17 @@ def test_compositional_images_show_no_held_out_binding_to_the_detector(tmp_path)
         assert detections and not depicted_bindings(detections) & HELDOUT_BINDINGS, line
 
 
+def test_objects_recipe_draws_one_object_a_scene_from_single_object_and_colors_prompts():
+    samples = list(recipe_samples("objects", seed=3, n=200))
+    training_prompts = {meta["prompt"] for meta in training_metadata()}
+    tags = Counter(s.metadata["tag"] for s in samples)
+    assert set(tags) == {"single_object", "colors"} and min(tags.values()) > 70
+    assert all(len(s.scene.objects) == 1 and s.prompt in training_prompts for s in samples)
+
+
 def test_recipe_errors_name_the_field_and_the_allowed_values(tmp_path):
-    with pytest.raises(ValueError, match="recipe='nope' is not allowed; allowed values: pretrain, compositional"):
+    allowed = "allowed values: pretrain, compositional, objects"
+    with pytest.raises(ValueError, match=f"recipe='nope' is not allowed; {allowed}"):
         make_dataset(tmp_path / "a", n=2, seed=0, recipe="nope")
     with pytest.raises(ValueError, match="recipe='compositional' draws captioned training sets only"):
         make_dataset(tmp_path / "b", n=2, seed=0, variant="class", recipe="compositional")

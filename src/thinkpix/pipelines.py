@@ -112,7 +112,11 @@ class TrainTarget:
 
     @property
     def transformer(self):
-        return self.pipeline.transformer
+        """The pipeline's transformer; behind a ``torch.compile`` wrapper (``pipe.transformer =
+        torch.compile(pipe.transformer)``, as diffusers suggests) the module it wraps, whose class and config
+        say which host it is. The pipeline still calls the compiled one."""
+        transformer = self.pipeline.transformer
+        return getattr(transformer, "_orig_mod", transformer)
 
     @property
     def kind(self) -> str:

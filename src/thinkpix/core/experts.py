@@ -61,7 +61,7 @@ class ExpertBank(nn.Module):
                 gate's straight-through gradient.
             dispatch: ``"sorted"``, ``"grouped"`` or ``"dense"``.
             active: optional (B, N) bool; tokens that are not active (halted) get a zero update and
-                cost nothing.
+                cost nothing (under ``torch.compile`` they are computed and zeroed: static shapes).
 
         Returns:
             (3, B, N, D_out): the updates for Q, K and V, ``scaling * w * B_m A_m x``.
@@ -70,7 +70,11 @@ class ExpertBank(nn.Module):
         x2 = x.reshape(-1, self.in_features)  # (n, D) with n = B*N: tokens of all samples share experts
         idx = index.reshape(-1)
         w = weights.reshape(-1, self.num_experts)
-        if active is not None:
+        if active is not None and torch.compiler.is_compiling():
+            # static shapes for torch.compile: every row runs, the halted ones get a zero update (the same
+            # values; the compute saving of halting is given up, as ``nonzero`` would break the graph)
+            out = torch.where(active.reshape(1, -1, 1), self._dispatch(x2, idx, w, dispatch), 0)
+        elif active is not None:
             rows = active.reshape(-1).nonzero().squeeze(1)
             out = x2.new_zeros(3, x2.shape[0], self.out_features)
             if rows.numel():

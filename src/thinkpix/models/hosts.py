@@ -85,15 +85,15 @@ class _CaptureModulation:
 
 @dataclass
 class _CaptureTimestep:
-    """The transformer's ``timestep`` argument (times the host's ``timestep_scale``), for routing traces."""
+    """The transformer's ``timestep`` argument as given, for routing traces (``RSRSession.scaled_timestep``
+    applies the host's scale when a trace records it: a tensor op here would be a graph of its own under
+    ``torch.compile``, which traces a module's pre-hook as a separate frame)."""
 
     session: RSRSession
     signature: inspect.Signature
-    scale: float = 1.0
 
     def __call__(self, module, args, kwargs) -> None:
-        timestep = self.signature.bind_partial(module, *args, **kwargs).arguments.get("timestep")
-        self.session.timestep = timestep * self.scale if timestep is not None and self.scale != 1 else timestep
+        self.session.timestep = self.signature.bind_partial(module, *args, **kwargs).arguments.get("timestep")
 
 
 def _hook_block(spec: HostSpec, site: AttentionSite, capture: BlockCapture, dim: int) -> list:
@@ -101,8 +101,8 @@ def _hook_block(spec: HostSpec, site: AttentionSite, capture: BlockCapture, dim:
             *spec.hook_condition(site, capture)]
 
 
-def _hook_timestep(transformer: nn.Module, session: RSRSession, scale: float):
-    hook = _CaptureTimestep(session, inspect.signature(type(transformer).forward), scale)
+def _hook_timestep(transformer: nn.Module, session: RSRSession):
+    hook = _CaptureTimestep(session, inspect.signature(type(transformer).forward))
     return transformer.register_forward_pre_hook(hook, with_kwargs=True)
 
 
@@ -120,7 +120,7 @@ def apply_rsr(transformer: nn.Module, config: RSRConfig) -> nn.Module:
     config = config.resolve_layers(num_blocks(transformer))  # "middle" / "three" to block indices
     check_layers(transformer, config.layers)
     requires_grad = {name: p.requires_grad for name, p in transformer.named_parameters()}
-    session = RSRSession()
+    session = RSRSession(timestep_scale=spec.timestep_scale)
     install = RSRInstall(config, session, {}, {}, requires_grad)
     transformer.requires_grad_(False)
     try:
@@ -147,7 +147,7 @@ def apply_rsr(transformer: nn.Module, config: RSRConfig) -> nn.Module:
             install.original_processors[i] = attn.processor
             install.processors[i] = site.processor(rsr, i, capture, session)
             attn.set_processor(install.processors[i])
-        install.hooks.append(_hook_timestep(transformer, session, spec.timestep_scale))
+        install.hooks.append(_hook_timestep(transformer, session))
     except Exception:
         transformer._rsr_install = install
         remove_rsr(transformer)

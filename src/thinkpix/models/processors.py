@@ -39,9 +39,16 @@ class RSRSession:
     """State shared by the RSR layers of one transformer: the current diffusion timestep and the
     optional routing trace / forced route installed by ``routing_trace`` / ``force_routing``."""
 
-    timestep: Tensor | None = None
+    timestep: Tensor | None = None  # the transformer's ``timestep`` argument, as given
+    timestep_scale: float = 1.0  # the host's ``HostSpec.timestep_scale``: to the scheduler's timestep
     trace: object | None = None  # a ``RoutingTrace`` while ``routing_trace`` is active
     forced: Tensor | None = None  # (T, B or 1, 1) expert indices
+
+    def scaled_timestep(self) -> Tensor | None:
+        """The current diffusion timestep on the scheduler's scale (FLUX is called with ``timestep / 1000``)."""
+        if self.timestep is None or self.timestep_scale == 1:
+            return self.timestep
+        return self.timestep * self.timestep_scale
 
 
 class RSRAttnProcessor(nn.Module):
@@ -90,7 +97,7 @@ class RSRAttnProcessor(nn.Module):
         self.last_ponder_loss, self.last_steps_used = out.ponder_loss, out.steps_used
         self.last_health = out.health
         if self.session.trace is not None:
-            self.session.trace.record(self.layer_index, self.session.timestep, out.steps, out.steps_used)
+            self.session.trace.record(self.layer_index, self.session.scaled_timestep(), out.steps, out.steps_used)
         return out
 
     @staticmethod

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,8 +53,12 @@ def class_names(split: str = "train") -> list[str]:
 
 
 def _save(image: np.ndarray, path: Path) -> None:
+    """Write through a temporary file and rename, so that a process reading the folder while another
+    (re)writes the same deterministic set never sees a half-written PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)
 
 
 def make_dataset(
@@ -99,7 +104,9 @@ def make_dataset(
         name = f"{index:05d}.png"
         _save(render_scene(scene), out / name)
         lines.append(json.dumps({"file_name": name, "text": prompt}))
-    (out / "metadata.jsonl").write_text("".join(line + "\n" for line in lines))
+    tmp = out / f".metadata.jsonl.{os.getpid()}.tmp"
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.replace(tmp, out / "metadata.jsonl")
     return out
 
 
