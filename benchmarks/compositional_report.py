@@ -214,6 +214,24 @@ def answer(lines: list[dict], results: dict[str, list[dict]], finished: int, pla
     return said
 
 
+def earlier_design(path: Path) -> list[str]:
+    """The claims and power sections of the paper-tables report (its own rows and command), quoted until the
+    decisive rows replace them, so that this report always carries the best evidence there is."""
+    if not path.is_file():
+        return []
+    sections, keep = [], False
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            keep = line.startswith(("## The paper's claims", "## Power"))
+            line = "#" + line if keep else line
+        if keep:
+            sections.append(line)
+    return ["## The earlier design, for comparison (`paper_tables_v1.md`)", "",
+            "Quoted from `paper_tables_v1.md` (`python -m benchmarks.reproduce_tables`: fine-tuning on the bases' "
+            "pretraining distribution for 250 steps, protocol v1, 3 seeds, the detector of its session), not from "
+            "the rows above.", "", *sections, ""] if sections else []
+
+
 def write_report(context: dict, design: list, claims: list[Claim], results: dict[str, list[dict]],
                  folders: dict[str, Path], out: Path) -> None:
     """``context``: command, budget, protocol, held_out_images, finished, planned (strings and counts)."""
@@ -252,6 +270,7 @@ def write_report(context: dict, design: list, claims: list[Claim], results: dict
         text += [f"![samples]({grid.name})", "",
                  "Base, SFT and RSR (middle layer, seed 0) on the same held-out prompts and noise; each tile is "
                  "framed by the scorer's verdict.", ""]
+    text += earlier_design(out.with_name("paper_tables_v1.md"))
     text += ["## Reproducing a row", "", "Each row's cached numbers come back from (one process; add `--shard I/N` "
              "to split):", "", "```bash"]
     text += [f"python -m benchmarks.reproduce_compositional --rows \"{plan.row.name}\" --seeds "
