@@ -73,8 +73,8 @@ def test_the_report_lists_a_command_for_every_row(tmp_path):
     assert "No fine-tuning budget is chosen" not in text and "the pilot that chose it" in text
     report.write_report({**context, "budget_chosen": False}, DESIGN, [], results, {}, out)
     assert "No fine-tuning budget is chosen" in out.read_text() and "chose no budget" in out.read_text()
-    (tmp_path / "paper_tables_v1.md").write_text("# v1\n\n## Table 2\n\nrows\n\n## The paper's claims, paired by seed\n\n"
-                                                 "| claim | MDE |\n\n## Rerunning one row\n\nnot quoted\n")
+    earlier = "# v1\n\n## Table 2\n\nrows\n\n## The paper's claims, paired by seed\n\n| claim | MDE |\n\n"
+    (tmp_path / "paper_tables_v1.md").write_text(earlier + "## Rerunning one row\n\nnot quoted\n")
     report.write_report(context, DESIGN, [], results, {}, out)
     text = out.read_text()
     assert "### The paper's claims, paired by seed" in text and "| claim | MDE |" in text
