@@ -234,7 +234,7 @@ def earlier_design(path: Path) -> list[str]:
 
 def write_report(context: dict, design: list, claims: list[Claim], results: dict[str, list[dict]],
                  folders: dict[str, Path], out: Path) -> None:
-    """``context``: command, budget, protocol, held_out_images, finished, planned (strings and counts)."""
+    """``context``: command, base, budget, protocol, held_out_images, finished, planned (strings and counts)."""
     lines = claim_lines(claims, results)
     forest = forest_plot(lines, out.with_name("reproduction_forest.png"))
     grid = sample_grid(folders, results, out.with_name("reproduction_samples.png"))
@@ -246,7 +246,7 @@ def write_report(context: dict, design: list, claims: list[Claim], results: dict
             *answer(lines, results, context["finished"], context["planned"], context.get("budget_chosen", True)),
             "",
             "## Design", "",
-            f"- Fine-tuning: every row fine-tunes `shapes-t2i` on the `compositional` recipe (training bindings of "
+            f"- Fine-tuning: every row fine-tunes {context['base']} on the `compositional` recipe (training bindings of "
             f"two_object, counting, position and color_attr; no image shows a held-out binding) at {context['budget']}"
             + (" (`finetune_task.md` gives the pilot that chose it on training prompts)."
                if context.get("budget_chosen", True)

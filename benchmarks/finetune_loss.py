@@ -54,6 +54,7 @@ def adapters(work: Path) -> list[tuple[str, Path]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default=BASE, help="the base the pilot fine-tuned (its --base)")
     parser.add_argument("--work", default="runs/finetune_pilot", help="the pilot's --work folder")
     parser.add_argument("--out", default="docs/results/finetune_loss.md")
     args = parser.parse_args(argv)
@@ -65,16 +66,18 @@ def main(argv: list[str] | None = None) -> int:
             "fresh images, empty prompt": (fresh, True)}
     rows = []
     for name, weights in [("base", None), *adapters(work)]:
-        target = TrainTarget(load_pipeline(BASE))
+        target = TrainTarget(load_pipeline(args.base))
         if weights is not None:
             load_rsr(target.transformer, weights)
         target.transformer.eval()
         rows.append((name, [mean_loss(target, data, empty, seed) for seed, (data, empty) in enumerate(sets.values())]))
         print(name, rows[-1][1], flush=True)
     base = rows[0][1]
+    command = "".join(f" --{flag} {value}" for flag, value in (("base", args.base), ("work", args.work), ("out", args.out))
+                      if value != parser.get_default(flag))
     lines = ["# What the pilot's adapters changed: the flow-matching loss", "",
-             f"Produced by `python -m benchmarks.finetune_loss` (adapters of `benchmarks.finetune_pilot` in "
-             f"`{work}`). Mean loss over {IMAGES} images x {DRAWS} (timestep, noise) draws, the same draws for "
+             f"Produced by `python -m benchmarks.finetune_loss{command}` (adapters of `benchmarks.finetune_pilot` "
+             f"in `{work}`, base `{args.base}`). Mean loss over {IMAGES} images x {DRAWS} (timestep, noise) draws, the same draws for "
              "every model; in brackets the change against the base. A ladder arm's weights are those of its "
              "highest rung (`SFT (middle)`: 2000 steps).", "",
              "| model | " + " | ".join(sets) + " |", "| --- |" + " ---: |" * len(sets)]

@@ -29,7 +29,7 @@ from thinkpix.shapes.dataset import make_dataset
 from thinkpix.shapes.prompts import HELDOUT_BINDINGS, training_metadata
 from thinkpix.shapes.recipes import COMPOSITIONAL_TAGS, depicted_bindings, recipe_samples
 
-BASE = "shapes-t2i"
+BASE = "shapes-t2i"  # the default base (``--base``): the shipped one
 ROW = Row("SFT (middle)", "sft", {"layers": "middle"})
 ARMS = {
     "lr1e-3": ROW,
@@ -149,14 +149,14 @@ def paired_interval(diff: np.ndarray, tags: list[str], prompts: list[str], reps:
     return point, float(low), float(high)
 
 
-def run(work: Path, rows_dir: Path, arms: list[str], seeds: list[int], ladder: list[int]) -> dict:
+def run(base_model: str, work: Path, rows_dir: Path, arms: list[str], seeds: list[int], ladder: list[int]) -> dict:
     """The base's verdicts, then every (arm, rung, seed) not cached yet, rung by rung (an interrupted pilot has
     every seed at the lower rungs). Returns the base's result."""
     sizes = {TRAIN_IMAGES, *(arm_images(ARMS[name]) for name in arms)}
     data = {n: make_dataset(work / ("data" if n == TRAIN_IMAGES else f"data-n{n}"), n=n, seed=0,
                             recipe="compositional") for n in sizes}
     base = cached(rows_dir / "base.json", lambda: score_images(
-        finetuned(BASE, data[TRAIN_IMAGES], Row("base", "base"), 0, 0, BATCH_SIZE, work / "base")[0],
+        finetuned(base_model, data[TRAIN_IMAGES], Row("base", "base"), 0, 0, BATCH_SIZE, work / "base")[0],
         work / "base" / "geneval"))
     for name in arms:
         arm, images = ARMS[name], arm_images(ARMS[name])
@@ -165,7 +165,7 @@ def run(work: Path, rows_dir: Path, arms: list[str], seeds: list[int], ladder: l
                 def compute(arm=arm, seed=seed, steps=steps, images=images) -> dict:
                     seed_everything(seed)
                     out = work / arm.slug / (f"seed{seed}-steps{steps}" if decays(arm) else f"seed{seed}")
-                    target, cost = finetuned(BASE, data[images], arm, seed, steps, BATCH_SIZE, out / "train",
+                    target, cost = finetuned(base_model, data[images], arm, seed, steps, BATCH_SIZE, out / "train",
                                              resume=True)
                     return {**cost, **score_images(target, out / f"geneval-step{steps}")}
 
@@ -201,11 +201,11 @@ def rung_line(name: str, steps: int, results: list[dict], base: dict, cols: list
     return line, {"difference": point, "interval": [low, high], "per_seed": per_seed, "scores": scores}
 
 
-def report(base: dict, rows_dir: Path, out: Path, command: str) -> None:
+def report(base_model: str, base: dict, rows_dir: Path, out: Path, command: str) -> None:
     tags = base["tags"]
     cols = [*COMPOSITIONAL_TAGS, "single_object", "colors"]
     lines = ["# Fine-tuning pilot: SFT vs base on training prompts", "",
-             f"Produced by `{command}` (the table holds every cached arm and rung). Base {describe_base(BASE)}. "
+             f"Produced by `{command}` (the table holds every cached arm and rung). Base {describe_base(base_model)}. "
              f"SFT: LoRA rank 16 on the middle layer (preset `{ROW.preset}`, constant rate, batch {BATCH_SIZE}), "
              f"fine-tuned on {TRAIN_IMAGES} images of the `compositional` recipe (seed 0), one run per seed "
              "checkpointed at each rung of the step ladder and resumed. Scored on "
@@ -231,8 +231,19 @@ def report(base: dict, rows_dir: Path, out: Path, command: str) -> None:
     out.with_suffix(".json").write_text(json.dumps({"summary": summary, "unstated_held_out": leaks}, indent=2))
 
 
+def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The command that reproduces this report: every flag that differs from its default, except ``--threads``."""
+    parts = ["python -m benchmarks.finetune_pilot"]
+    for dest, value in vars(args).items():
+        if dest != "threads" and value != parser.get_default(dest):
+            shown = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+            parts.append(f"--{dest.replace('_', '-')} {shown}")
+    return " ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default=BASE, help="the base to fine-tune: a shipped name or a pipeline folder")
     parser.add_argument("--arms", nargs="+", default=["lr1e-3"], choices=tuple(ARMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--ladder", type=int, nargs="+", default=list(LADDER), help="step budgets, ascending")
@@ -244,12 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    rows_dir = Path(args.rows_dir) / f"{fingerprint(BASE)}-{design_key()}"
-    base = run(Path(args.work), rows_dir, args.arms, args.seeds, sorted(args.ladder))
-    report(base, rows_dir, Path(args.out), "python -m benchmarks.finetune_pilot" + "".join(
-        f" --{flag} {' '.join(map(str, value))}" for flag, value, default in (
-            ("arms", args.arms, ["lr1e-3"]), ("seeds", args.seeds, [0, 1]), ("ladder", args.ladder, list(LADDER)))
-        if value != default))
+    rows_dir = Path(args.rows_dir) / f"{fingerprint(args.base)}-{design_key()}"
+    base = run(args.base, Path(args.work), rows_dir, args.arms, args.seeds, sorted(args.ladder))
+    report(args.base, base, rows_dir, Path(args.out), command_line(parser, args))
     print(f"wrote {args.out}")
     return 0
 

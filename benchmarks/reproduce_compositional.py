@@ -41,6 +41,7 @@ from benchmarks.shapes_rows import (
     Budget,
     Row,
     cached,
+    describe_base,
     finetuned,
     fingerprint,
     scored_verdicts,
@@ -224,7 +225,8 @@ def report(results: dict[str, list[dict]], work: Path, out: Path) -> None:
     """``reproduction.md`` (tables, claims, forest plot, sample grid) from the finished rows."""
     folders = {plan.row.name: work / training_folder(plan, DECISIVE) / "seed0" / f"geneval-{PROTOCOL}"
                for plan in DESIGN}
-    context = {"command": "python -m benchmarks.reproduce_compositional --report-only", "budget": str(DECISIVE),
+    context = {"command": "python -m benchmarks.reproduce_compositional --report-only", "base": describe_base(BASE),
+               "budget": str(DECISIVE),
                "protocol": PROTOCOL, "held_out_images": held_out_images(),
                "finished": sum(len(rows) for rows in results.values()), "planned": len(jobs(DESIGN, None, None, True)),
                "budget_chosen": BUDGET_CHOSEN}
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         images = args.plan_held_out_images or held_out_images()
         name = PROTOCOL if args.plan_held_out_images is None else f"{images} images"
-        return print_plan(DESIGN, DECISIVE, name, images, work, rows_dir)
+        return print_plan(DESIGN, DECISIVE, name, images, work, rows_dir, BASE)
     index, count = (int(x) for x in args.shard.split("/"))
     todo = jobs(DESIGN, args.seeds, args.rows, args.ready_only)
     data = make_dataset(work / "data", n=DECISIVE.train_images, seed=0, recipe="compositional")

@@ -2,11 +2,13 @@
 # A text-to-image Shapes base that has never drawn a composition: pretrained on the `objects` recipe (single
 # objects and colours only), as a base for a fine-tuning task with room to learn (docs/results/finetune_task.md:
 # on the shipped base the compositional fine-tuning changes the loss by under 0.6%). Resumable: rerunning
-# continues from the last checkpoint. Not shipped; nothing reads its output yet. STEPS / COOLDOWN_STEPS /
-# THREADS override the budget (one warmup-stable-decay cycle with an EMA, as the shipped base's cycles).
+# continues from the last checkpoint. The EMA of the last step is shipped in fp16 as `shapes-t2i-objects`
+# (src/thinkpix/assets/shapes-t2i-objects), with the shipped base's guidance interval (not re-chosen: the
+# interval sweep scores compositional prompts, which this base has never seen). STEPS / COOLDOWN_STEPS / THREADS
+# override the budget (one warmup-stable-decay cycle with an EMA, as the shipped base's cycles).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STEPS=${STEPS:-6000}
+STEPS=${STEPS:-4000}
 COOLDOWN_STEPS=${COOLDOWN_STEPS:-1000}
 export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
 TP=.venv/bin/thinkpix
@@ -17,3 +19,11 @@ $TP pretrain --model mmdit-s --train-data-dir $OUT/data --output-dir $OUT/t2i --
   --lr-scheduler linear --lr-decay-steps "$COOLDOWN_STEPS" --ema-decay 0.999 --batch-size 64 \
   --checkpointing-steps 250 --validation-steps 1000 --resume-from-checkpoint latest \
   --validation-prompt "a photo of a red circle" --validation-prompt "a photo of a cyan diamond"
+
+.venv/bin/python - "$OUT/t2i/pipeline" src/thinkpix/assets/shapes-t2i-objects <<'PY'
+import sys, torch, thinkpix.pipelines as t
+pipe = t.load_pipeline(sys.argv[1])
+pipe.register_to_config(guidance_interval=t.load_pipeline("shapes-t2i").config.guidance_interval)
+pipe.to(torch.float16)
+pipe.save_pretrained(sys.argv[2])
+PY

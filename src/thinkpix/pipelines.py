@@ -24,7 +24,10 @@ from .models.specs import HOST_SPECS, host_spec
 TEXT_PIPELINES = tuple(name for spec in HOST_SPECS if spec.kind == "caption" for name in spec.pipelines)
 CLASS_PIPELINES = tuple(name for spec in HOST_SPECS if spec.kind == "class" for name in spec.pipelines)
 ASSETS = Path(__file__).resolve().parent / "assets"
-SHIPPED = {"shapes-t2i": ASSETS / "shapes-t2i", "shapes-class": ASSETS / "shapes-class"}
+SHIPPED = {"shapes-t2i": ASSETS / "shapes-t2i", "shapes-class": ASSETS / "shapes-class",
+           "shapes-t2i-objects": ASSETS / "shapes-t2i-objects"}
+"""Bases in the repository. ``shapes-t2i-objects`` has seen single objects and colours only (never a composition):
+the base of the decisive reproduction's fine-tuning task (``scripts/pretrain_objects_base.sh``)."""
 
 
 def _pipeline_class(name: str):
