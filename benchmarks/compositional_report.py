@@ -255,7 +255,10 @@ def write_report(context: dict, design: list, claims: list[Claim], results: dict
             "row and seed, noise fixed per (prompt, sample), the same for every row and training seed.",
             "- Statistics (`benchmarks/stats.py`): every difference is paired image by image; its 95% interval and "
             "minimum detectable effect (80% power) come from the crossed model over training seeds and prompts. "
-            "Holm's correction is over the claims of the table below.", "",
+            "Holm's correction is over the claims of the table below.",
+            "- Not in this design: the DPG and class-conditional (Table 1) analogues on this fine-tuning design. "
+            "The text-to-image rows alone fill several hours of two processes on the 2-core machine "
+            "(`finetune_task.md`), so the budget does not allow them.", "",
             "## Held-out compositions (percent; overall with its 95% interval over seeds and prompts)", "",
             *held_out_table(design, results), "",
             "## The fine-tuning distribution and the cost", "",
