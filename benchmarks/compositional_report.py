@@ -275,7 +275,8 @@ def write_report(context: dict, design: list, claims: list[Claim], results: dict
                  "framed by the scorer's verdict.", ""]
     text += earlier_design(out.with_name("paper_tables_v1.md"))
     text += ["## Reproducing a row", "", "Each row's cached numbers come back from (one process; add `--shard I/N` "
-             "to split):", "", "```bash"]
+             "to split; with `--verify` the command recomputes the cached jobs from nothing in a scratch folder and "
+             "compares every image's verdict with the cache):", "", "```bash"]
     text += [f"python -m benchmarks.reproduce_compositional --rows \"{plan.row.name}\" --seeds "
              + " ".join(str(s) for s in range(plan.seeds)) for plan in design]
     text += ["```", ""]

@@ -19,6 +19,7 @@ skips it::
     nohup nice -n 10 python -m benchmarks.reproduce_compositional --ready-only --shard 0/2 > c0.log 2>&1 &
     nohup nice -n 10 python -m benchmarks.reproduce_compositional --ready-only --shard 1/2 > c1.log 2>&1 &
     python -m benchmarks.reproduce_compositional --report-only           # the table from the finished rows
+    python -m benchmarks.reproduce_compositional --verify --rows base    # recompute cached rows, compare
 
 The switch points that other issues settle are in one block near the top (#18: protocol and statistics;
 #19: the recommended routing preset).
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,6 +223,24 @@ def run_row(plan: Plan, seed: int, budget: Budget, work: Path, data: Path) -> di
             "train_prompts": {**score_folder(train_prompts), **train_prompts_cost}}
 
 
+def verify(todo: list[tuple], rows_dir: Path, scratch: Path, data: Path) -> int:
+    """Recompute every cached (row, seed) of ``todo`` from nothing under ``scratch`` (train, sample, score) and
+    compare its per-image verdicts with the cache: 0 when every one is reproduced."""
+    differ = 0
+    shutil.rmtree(scratch, ignore_errors=True)  # nothing from an earlier verification is reused
+    for plan, seed in todo:
+        path = row_path(rows_dir, plan, seed, DECISIVE)
+        if not path.is_file():
+            continue
+        cached_row, fresh = json.loads(path.read_text()), run_row(plan, seed, DECISIVE, scratch, data)
+        mismatched = {part: sum(a != b for a, b in zip(cached_row[part][key], fresh[part][key]))
+                      for part, key in (("geneval", "verdicts"), ("train_prompts", "correct"))}
+        differ += any(mismatched.values())
+        said = "reproduced" if not any(mismatched.values()) else f"DIFFERS ({mismatched} images)"
+        print(f"[verify] {plan.row.name} seed {seed}: {said}", flush=True)
+    return 1 if differ else 0
+
+
 def report(results: dict[str, list[dict]], work: Path, out: Path) -> None:
     """``reproduction.md`` (tables, claims, forest plot, sample grid) from the finished rows."""
     folders = {plan.row.name: work / training_folder(plan, DECISIVE) / "seed0" / f"geneval-{PROTOCOL}"
@@ -247,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="plan for this many held-out images a row and seed (default: the protocol's; v2 has "
                              "1120) instead of the current protocol's")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--verify", action="store_true",
+                        help="recompute the selected cached jobs from nothing under <work>/verify and compare them")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     import torch
@@ -260,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     index, count = (int(x) for x in args.shard.split("/"))
     todo = jobs(DESIGN, args.seeds, args.rows, args.ready_only)
     data = make_dataset(work / "data", n=DECISIVE.train_images, seed=0, recipe="compositional")
+    if args.verify:
+        return verify([job for number, job in enumerate(todo) if number % count == index], rows_dir,
+                      work / "verify", data)
     for number, (plan, seed) in enumerate([] if args.report_only else todo):
         if number % count != index or (path := row_path(rows_dir, plan, seed, DECISIVE)).is_file():
             continue

@@ -146,6 +146,17 @@ def test_the_driver_runs_caches_and_resumes_rows_on_a_tiny_base(tmp_path, monkey
     assert len(result["train_prompts"]["correct"]) == 12
     report = (tmp_path / "report.md").read_text()
     assert "| SFT (middle) | - |" in report and "| base | - |" in report
+    # each cached row is reproduced from nothing (CPU runs are deterministic), and a changed cache is caught
+    sft_only = [*args[:1], "SFT (middle)", *args[3:], "--verify"]
+    assert reproduce_compositional.main(sft_only) == 0
+    recomputed = list((tmp_path / "work" / "verify").rglob("seed0"))
+    assert len(recomputed) == 1 and recomputed[0].parent.name.startswith("sft-middle-")
+    tampered = next(p for p in cached_rows if "sft-middle" in str(p))
+    changed = json.loads(tampered.read_text())
+    changed["geneval"]["verdicts"][0]["correct"] = not changed["geneval"]["verdicts"][0]["correct"]
+    tampered.write_text(json.dumps(changed))
+    assert reproduce_compositional.main(sft_only) == 1
+    tampered.write_text(json.dumps(result))
     # another protocol: new result files, the trained adapters are re-scored, not trained again
     state = next((tmp_path / "work").rglob("sft-middle-*/seed0/train/checkpoints/checkpoint-2/state.json"))
     trained_at = state.stat().st_mtime_ns
