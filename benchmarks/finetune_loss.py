@@ -4,7 +4,7 @@ with the empty prompt (the unconditional branch that classifier-free guidance am
 
 Every model sees the same images, timesteps and noise (one generator per image set), so the differences are
 paired. Adapters are the final weights (``<arm>/<seed folder>/train/rsr``) that ``benchmarks.finetune_pilot``
-left under its ``--work`` folder::
+left under its ``--work`` folder (in the base's fingerprint)::
 
     python -m benchmarks.finetune_loss                  # -> docs/results/finetune_loss.md
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.finetune_pilot import ARMS, BASE, TRAIN_IMAGES
+from benchmarks.shapes_rows import fingerprint
 from thinkpix.models.checkpoint import load_rsr
 from thinkpix.pipelines import TrainTarget, load_pipeline
 from thinkpix.shapes.dataset import make_dataset
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="docs/results/finetune_loss.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    work = Path(args.work)
+    work = Path(args.work) / fingerprint(args.base)  # where the pilot keeps this base's adapters
     tuned = load_image_folder(make_dataset(work / "data", n=TRAIN_IMAGES, seed=0, recipe="compositional"))
     fresh = load_image_folder(make_dataset(work / "data-fresh", n=IMAGES, seed=FRESH_SEED, recipe="compositional"))
     sets = {"fine-tuning images": (tuned, False), "fresh images": (fresh, False),

@@ -224,7 +224,7 @@ def report(base_model: str, base: dict, rows_dir: Path, out: Path, command: str)
     for (name, steps), by_seed in finished(rows_dir).items():
         line, summary[f"{name} @ {steps}"] = rung_line(name, steps, list(by_seed.values()), base, cols)
         lines.append(line)
-    leaks = {recipe: unstated_held_out(recipe) for recipe in ("pretrain", "compositional")}
+    leaks = {recipe: unstated_held_out(recipe) for recipe in ("pretrain", "compositional", "objects")}
     lines += ["", leak_sentence(leaks)]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", nargs="+", default=["lr1e-3"], choices=tuple(ARMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--ladder", type=int, nargs="+", default=list(LADDER), help="step budgets, ascending")
-    parser.add_argument("--work", default="runs/finetune_pilot")
+    parser.add_argument("--work", default="runs/finetune_pilot", help="data and adapters, under <work>/<base fingerprint>")
     parser.add_argument("--rows-dir", default="docs/results/finetune_pilot_rows")
     parser.add_argument("--out", default="docs/results/finetune_pilot.md")
     parser.add_argument("--threads", type=int, default=1)
@@ -256,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     rows_dir = Path(args.rows_dir) / f"{fingerprint(args.base)}-{design_key()}"
-    base = run(args.base, Path(args.work), rows_dir, args.arms, args.seeds, sorted(args.ladder))
+    # adapters live under the base's fingerprint: a resumed rung never continues a run of another base
+    base = run(args.base, Path(args.work) / fingerprint(args.base), rows_dir, args.arms, args.seeds,
+               sorted(args.ladder))
     report(args.base, base, rows_dir, Path(args.out), command_line(parser, args))
     print(f"wrote {args.out}")
     return 0

@@ -4,21 +4,24 @@
 # on the shipped base the compositional fine-tuning changes the loss by under 0.6%). Resumable: rerunning
 # continues from the last checkpoint. The EMA of the last step is shipped in fp16 as `shapes-t2i-objects`
 # (src/thinkpix/assets/shapes-t2i-objects), with the shipped base's guidance interval (not re-chosen: the
-# interval sweep scores compositional prompts, which this base has never seen). STEPS / COOLDOWN_STEPS / THREADS
-# override the budget (one warmup-stable-decay cycle with an EMA, as the shipped base's cycles).
+# interval sweep scores compositional prompts, which this base has never seen). CYCLE_ENDS / COOLDOWN_STEPS /
+# THREADS override the budget: warmup-stable-decay cycles with an EMA, as the shipped base's, each keeping lr
+# 1e-3 until COOLDOWN_STEPS before its end and decaying it linearly to 0 there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STEPS=${STEPS:-4000}
+CYCLE_ENDS=${CYCLE_ENDS:-"4000 7000"}
 COOLDOWN_STEPS=${COOLDOWN_STEPS:-1000}
 export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
 TP=.venv/bin/thinkpix
 OUT=runs/pretrain-objects
 mkdir -p "$OUT"
 test -f $OUT/data/metadata.jsonl || $TP shapes make-dataset --out $OUT/data --n 20000 --seed 0 --recipe objects
-$TP pretrain --model mmdit-s --train-data-dir $OUT/data --output-dir $OUT/t2i --max-steps "$STEPS" \
-  --lr-scheduler linear --lr-decay-steps "$COOLDOWN_STEPS" --ema-decay 0.999 --batch-size 64 \
-  --checkpointing-steps 250 --validation-steps 1000 --resume-from-checkpoint latest \
-  --validation-prompt "a photo of a red circle" --validation-prompt "a photo of a cyan diamond"
+for END in $CYCLE_ENDS; do
+  $TP pretrain --model mmdit-s --train-data-dir $OUT/data --output-dir $OUT/t2i --max-steps "$END" \
+    --lr-scheduler linear --lr-decay-steps "$COOLDOWN_STEPS" --ema-decay 0.999 --batch-size 64 \
+    --checkpointing-steps 250 --validation-steps 1000 --resume-from-checkpoint latest \
+    --validation-prompt "a photo of a red circle" --validation-prompt "a photo of a cyan diamond"
+done
 
 .venv/bin/python - "$OUT/t2i/pipeline" src/thinkpix/assets/shapes-t2i-objects <<'PY'
 import sys, torch, thinkpix.pipelines as t
