@@ -246,8 +246,9 @@ def write_report(context: dict, design: list, claims: list[Claim], results: dict
             *answer(lines, results, context["finished"], context["planned"], context.get("budget_chosen", True)),
             "",
             "## Design", "",
-            f"- Fine-tuning: every row fine-tunes {context['base']} on the `compositional` recipe (training bindings of "
-            f"two_object, counting, position and color_attr; no image shows a held-out binding) at {context['budget']}"
+            f"- Fine-tuning: every row fine-tunes {context['base']} on the `compositional` recipe (training bindings "
+            "of two_object, counting, position and color_attr; no image shows a held-out binding) at "
+            f"{context['budget']}"
             + (" (`finetune_task.md` gives the pilot that chose it on training prompts)."
                if context.get("budget_chosen", True)
                else " (the driver's default: the pilot in `finetune_task.md` chose no budget)."),

@@ -74,13 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((name, [mean_loss(target, data, empty, seed) for seed, (data, empty) in enumerate(sets.values())]))
         print(name, rows[-1][1], flush=True)
     base = rows[0][1]
-    command = "".join(f" --{flag} {value}" for flag, value in (("base", args.base), ("work", args.work), ("out", args.out))
-                      if value != parser.get_default(flag))
+    flags = (("base", args.base), ("work", args.work), ("out", args.out))
+    command = "".join(f" --{flag} {value}" for flag, value in flags if value != parser.get_default(flag))
     lines = ["# What the pilot's adapters changed: the flow-matching loss", "",
              f"Produced by `python -m benchmarks.finetune_loss{command}` (adapters of `benchmarks.finetune_pilot` "
-             f"in `{work}`, base `{args.base}`). Mean loss over {IMAGES} images x {DRAWS} (timestep, noise) draws, the same draws for "
-             "every model; in brackets the change against the base. A ladder arm's weights are those of its "
-             "highest rung (`SFT (middle)`: 2000 steps).", "",
+             f"in `{work}`, base `{args.base}`). Mean loss over {IMAGES} images x {DRAWS} (timestep, noise) draws, "
+             "the same draws for every model; in brackets the change against the base. A ladder arm's weights are "
+             "those of its highest rung.", "",
              "| model | " + " | ".join(sets) + " |", "| --- |" + " ---: |" * len(sets)]
     for name, values in rows:
         lines.append(f"| {name} | " + " | ".join(

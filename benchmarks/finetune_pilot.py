@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", nargs="+", default=["lr1e-3"], choices=tuple(ARMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--ladder", type=int, nargs="+", default=list(LADDER), help="step budgets, ascending")
-    parser.add_argument("--work", default="runs/finetune_pilot", help="data and adapters, under <work>/<base fingerprint>")
+    parser.add_argument("--work", default="runs/finetune_pilot",
+                        help="data and adapters, under <work>/<base fingerprint>")
     parser.add_argument("--rows-dir", default="docs/results/finetune_pilot_rows")
     parser.add_argument("--out", default="docs/results/finetune_pilot.md")
     parser.add_argument("--threads", type=int, default=1)
