@@ -42,13 +42,15 @@ ARMS = {
                              {"layers": "middle", "lr_scheduler": "linear", "condition_dropout": 0.1}),
     "n8000-cfg": Row("SFT (middle), 8000 images, 10% empty captions", "sft",
                      {"layers": "middle", "condition_dropout": 0.1}),
+    "three": Row("SFT (three layers)", "sft", {"layers": "three"}),
 }
 """Pilot arms by name: the preset's constant rate (1e-3), a higher one, both decayed linearly to 0 at the
 budget (the shipped base is the end of a cool-down, and its constant-rate stretches barely moved it:
 ``shapes_bases.md``), and arms that keep training the unconditional model: the presets replace no caption by
 the empty prompt, so an adapter changes the unconditional prediction that classifier-free guidance amplifies
 (4x) without ever being trained on it; the base was pretrained with 10% empty captions. The 8000-image arm
-sees each image 4 times in 1000 steps instead of 32 (over-fitting)."""
+sees each image 4 times in 1000 steps instead of 32 (over-fitting). ``three``: the adapter on three layers (the
+table's larger SFT row), where one layer may lack the capacity to teach a base something it has never drawn."""
 ARM_IMAGES = {ARMS["n8000-cfg"].name: 8000}
 """Fine-tuning images of the arms that do not use ``TRAIN_IMAGES`` (the first ``n`` of the same stream)."""
 

@@ -6,16 +6,19 @@
 # (src/thinkpix/assets/shapes-t2i-objects), with the shipped base's guidance interval (not re-chosen: the
 # interval sweep scores compositional prompts, which this base has never seen). CYCLE_ENDS / COOLDOWN_STEPS /
 # THREADS override the budget: warmup-stable-decay cycles with an EMA, as the shipped base's, each keeping lr
-# 1e-3 until COOLDOWN_STEPS before its end and decaying it linearly to 0 there.
+# 1e-3 until COOLDOWN_STEPS before its end and decaying it linearly to 0 there. RECIPE=objects-pairs pretrains
+# the same way on single objects, colours and two objects (runs/pretrain-objects-pairs, shipped as
+# `shapes-t2i-objects-pairs`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CYCLE_ENDS=${CYCLE_ENDS:-"4000 7000"}
 COOLDOWN_STEPS=${COOLDOWN_STEPS:-1000}
 export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
 TP=.venv/bin/thinkpix
-OUT=runs/pretrain-objects
+RECIPE=${RECIPE:-objects}
+OUT=runs/pretrain-$RECIPE
 mkdir -p "$OUT"
-test -f $OUT/data/metadata.jsonl || $TP shapes make-dataset --out $OUT/data --n 20000 --seed 0 --recipe objects
+test -f $OUT/data/metadata.jsonl || $TP shapes make-dataset --out $OUT/data --n 20000 --seed 0 --recipe "$RECIPE"
 for END in $CYCLE_ENDS; do
   $TP pretrain --model mmdit-s --train-data-dir $OUT/data --output-dir $OUT/t2i --max-steps "$END" \
     --lr-scheduler linear --lr-decay-steps "$COOLDOWN_STEPS" --ema-decay 0.999 --batch-size 64 \
@@ -23,7 +26,7 @@ for END in $CYCLE_ENDS; do
     --validation-prompt "a photo of a red circle" --validation-prompt "a photo of a cyan diamond"
 done
 
-.venv/bin/python - "$OUT/t2i/pipeline" src/thinkpix/assets/shapes-t2i-objects <<'PY'
+.venv/bin/python - "$OUT/t2i/pipeline" "src/thinkpix/assets/shapes-t2i-$RECIPE" <<'PY'
 import sys, torch, thinkpix.pipelines as t
 pipe = t.load_pipeline(sys.argv[1])
 pipe.register_to_config(guidance_interval=t.load_pipeline("shapes-t2i").config.guidance_interval)

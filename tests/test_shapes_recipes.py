@@ -64,8 +64,16 @@ def test_objects_recipe_draws_one_object_a_scene_from_single_object_and_colors_p
     assert all(len(s.scene.objects) == 1 and s.prompt in training_prompts for s in samples)
 
 
+def test_objects_pairs_recipe_adds_clean_two_object_scenes_and_nothing_compositional_beyond():
+    samples = list(recipe_samples("objects-pairs", seed=3, n=300))
+    tags = Counter(s.metadata["tag"] for s in samples)
+    assert set(tags) == {"single_object", "colors", "two_object"} and min(tags.values()) > 70
+    assert all(len(s.scene.objects) == (2 if s.metadata["tag"] == "two_object" else 1) for s in samples)
+    assert not any(depicted_bindings(s.scene.objects) & HELDOUT_BINDINGS for s in samples)
+
+
 def test_recipe_errors_name_the_field_and_the_allowed_values(tmp_path):
-    allowed = "allowed values: pretrain, compositional, objects"
+    allowed = "allowed values: pretrain, compositional, objects, objects-pairs"
     with pytest.raises(ValueError, match=f"recipe='nope' is not allowed; {allowed}"):
         make_dataset(tmp_path / "a", n=2, seed=0, recipe="nope")
     with pytest.raises(ValueError, match="recipe='compositional' draws captioned training sets only"):

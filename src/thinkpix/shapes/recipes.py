@@ -14,6 +14,9 @@
   has never drawn two objects, a count, a position or two bound attributes, so fine-tuning it on
   ``compositional`` leaves the adapters something to learn: on the shipped base, pretrained on ``pretrain``,
   the adapters change the loss by under 0.6% (``docs/results/finetune_task.md``).
+* ``objects-pairs``: ``objects`` plus two_object, with every scene clean as in ``compositional``. A base
+  pretrained on it can draw two objects in one image, which a LoRA fine-tuned on ``objects``' base could not
+  teach it (``finetune_task.md``, session 9), but it has never counted, placed or bound attributes.
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ RECIPES = {
                "two_object, counting, position and color_attr training prompts; no image shows a held-out binding"),
         Recipe("objects", ("single_object", "colors"), False,
                "single_object and colors training prompts only: a base that has not learned composition"),
+        Recipe("objects-pairs", ("single_object", "colors", "two_object"), True,
+               "single_object, colors and two_object training prompts, no held-out binding shown: a base that draws "
+               "two objects but has not learned counts, positions or attribute binding"),
     )
 }
 
