@@ -70,6 +70,8 @@ IMAGES_PER_TAG = {"two_object": 48, "counting": 48, "position": 48, "color_attr"
                   "colors": 24}
 SAMPLE_SEED = 4242  # sampling noise of every pilot image (a selection seed no held-out number uses)
 SAMPLE_STEPS = 20
+RULE_MARGIN = 0.02  # the budget rule (chosen_budget): within 2 points of the best rung's gain ...
+RULE_FLOOR = 0.10  # ... and at least 10% compositional, where a 3-point effect shows in both directions
 
 
 def design_key() -> str:
@@ -200,7 +202,29 @@ def rung_line(name: str, steps: int, results: list[dict], base: dict, cols: list
             f"{100 * compositional_overall(correct, tags):.1f} | " + " | ".join(f"{100 * scores[c]:.1f}" for c in cols)
             + f" | {100 * point:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] "
             f"(seeds: {', '.join(f'{d:+.1f}' for d in per_seed)}) | {train:.0f} |")
-    return line, {"difference": point, "interval": [low, high], "per_seed": per_seed, "scores": scores}
+    return line, {"name": name, "steps": steps, "seeds": len(results), "difference": point, "interval": [low, high],
+                  "per_seed": per_seed, "scores": scores, "compositional": compositional_overall(correct, tags)}
+
+
+def chosen_budget(summary: list[dict]) -> tuple[int | None, str]:
+    """The budget rule of ``finetune_task.md`` on the rungs of ``ROW`` with at least two seeds: the best rung (largest
+    compositional gain over the base) must exclude zero; the budget is then the smallest rung whose gain is within
+    ``RULE_MARGIN`` of the best's and whose compositional score reaches ``RULE_FLOOR`` (below it a comparison of
+    adapters sits at the scorer's floor). Returns (steps or None, the reason in words)."""
+    rungs = sorted((r for r in summary if r["name"] == ROW.name and r["seeds"] >= 2), key=lambda r: r["steps"])
+    if not rungs:
+        return None, f"no rung of {ROW.name} has two seeds yet"
+    best = max(rungs, key=lambda r: r["difference"])
+    if best["interval"][0] <= 0:
+        return None, f"the best rung ({best['steps']} steps) does not beat the base: its interval includes zero"
+    near = [r for r in rungs if r["difference"] >= best["difference"] - RULE_MARGIN]
+    floor = [r for r in near if r["compositional"] >= RULE_FLOOR]
+    if not floor:
+        top = max(r["compositional"] for r in near)
+        return None, (f"no rung within {100 * RULE_MARGIN:.0f} points of the best reaches the floor of "
+                      f"{100 * RULE_FLOOR:.0f}% compositional (at most {100 * top:.1f}%)")
+    return floor[0]["steps"], (f"{floor[0]['steps']} steps: the smallest rung within {100 * RULE_MARGIN:.0f} points "
+                               f"of the best ({best['steps']} steps) at or above {100 * RULE_FLOOR:.0f}% compositional")
 
 
 def report(base_model: str, base: dict, rows_dir: Path, out: Path, command: str) -> None:
@@ -226,11 +250,15 @@ def report(base_model: str, base: dict, rows_dir: Path, out: Path, command: str)
     for (name, steps), by_seed in finished(rows_dir).items():
         line, summary[f"{name} @ {steps}"] = rung_line(name, steps, list(by_seed.values()), base, cols)
         lines.append(line)
+    steps, reason = chosen_budget(list(summary.values()))
+    lines += ["", f"**Budget rule** (`finetune_task.md`, `chosen_budget`): {'chosen: ' if steps else 'none chosen: '}"
+              f"{reason}."]
     leaks = {recipe: unstated_held_out(recipe) for recipe in ("pretrain", "compositional", "objects")}
     lines += ["", leak_sentence(leaks)]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"summary": summary, "unstated_held_out": leaks}, indent=2))
+    out.with_suffix(".json").write_text(json.dumps({"summary": summary, "budget": steps, "budget_reason": reason,
+                                                    "unstated_held_out": leaks}, indent=2))
 
 
 def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:

@@ -201,6 +201,21 @@ def test_the_pilot_climbs_its_ladder_once_and_reports_every_cached_rung(tmp_path
     assert [p.stat().st_mtime_ns for p in cached_rungs] == stamps
 
 
+def test_the_budget_rule_needs_a_gain_and_a_floor():
+    def rung(steps, gain, low, compositional, seeds=2, name="SFT (middle)"):
+        return {"name": name, "steps": steps, "seeds": seeds, "difference": gain, "interval": [low, gain + 0.02],
+                "compositional": compositional}
+
+    choose = finetune_pilot.chosen_budget
+    assert choose([rung(250, 0.05, 0.01, 0.30), rung(1000, 0.06, 0.02, 0.31), rung(2000, 0.02, -0.01, 0.27)])[0] == 250
+    assert choose([rung(250, 0.01, -0.01, 0.30), rung(1000, 0.06, 0.02, 0.31)])[0] == 1000  # 250 is 5 points behind
+    assert choose([rung(250, 0.03, -0.01, 0.30)]) == (None, "the best rung (250 steps) does not beat the base: its "
+                                                            "interval includes zero")
+    steps, reason = choose([rung(250, 0.008, 0.0001, 0.008), rung(1000, 0.016, 0.005, 0.016)])  # the objects base
+    assert steps is None and "floor of 10% compositional (at most 1.6%)" in reason
+    assert choose([rung(1000, 0.06, 0.02, 0.31, seeds=1), rung(1000, 0.06, 0.02, 0.31, name="other")])[0] is None
+
+
 def test_the_plan_measures_each_kind_of_row_once_and_sums_hours(tmp_path, monkeypatch, capsys):
     from benchmarks import compositional_plan
 
