@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import finetune_loss  # noqa: E402
 from benchmarks.finetune_pilot import ARMS  # noqa: E402
-from benchmarks.shapes_rows import finetuned  # noqa: E402
+from benchmarks.shapes_rows import fingerprint, finetuned  # noqa: E402
 
 from thinkpix.pipelines import TrainTarget, load_pipeline  # noqa: E402
 from thinkpix.shapes.dataset import make_dataset  # noqa: E402
@@ -22,9 +22,10 @@ def test_the_loss_table_pairs_the_base_with_every_pilot_adapter(tmp_path, monkey
     monkeypatch.setattr(finetune_loss, "DRAWS", 1)
     monkeypatch.setattr(finetune_loss, "TRAIN_IMAGES", 8)
     work = tmp_path / "work"
-    data = make_dataset(work / "data", n=8, seed=0, recipe="compositional")
+    pilot = work / fingerprint(finetune_loss.BASE)  # where the pilot keeps this base's data and adapters
+    data = make_dataset(pilot / "data", n=8, seed=0, recipe="compositional")
     arm = ARMS["lr1e-3"]
-    finetuned(finetune_loss.BASE, data, arm, 0, 2, 4, work / arm.slug / "seed0" / "train")
+    finetuned(finetune_loss.BASE, data, arm, 0, 2, 4, pilot / arm.slug / "seed0" / "train")
     base = TrainTarget(load_pipeline(finetune_loss.BASE))
     base.transformer.eval()
     images = load_image_folder(data)
