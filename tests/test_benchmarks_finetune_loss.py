@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import finetune_loss  # noqa: E402
 from benchmarks.finetune_pilot import ARMS  # noqa: E402
-from benchmarks.shapes_rows import fingerprint, finetuned  # noqa: E402
+from benchmarks.shapes_rows import finetuned, fingerprint  # noqa: E402
 
 from thinkpix.pipelines import TrainTarget, load_pipeline  # noqa: E402
 from thinkpix.shapes.dataset import make_dataset  # noqa: E402
