@@ -48,9 +48,10 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/thinkpix demo --out runs/demo
 
-bases: $(STAMP)  # re-train the shipped Shapes bases (about 4 hours on 2 cores)
+bases: $(STAMP)  # re-train the shipped Shapes bases (about 6 hours on 2 cores)
 	bash scripts/pretrain_bases.sh
 	bash scripts/pretrain_objects_base.sh
+	RECIPE=objects-pairs bash scripts/pretrain_objects_base.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

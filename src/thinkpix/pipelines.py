@@ -25,9 +25,11 @@ TEXT_PIPELINES = tuple(name for spec in HOST_SPECS if spec.kind == "caption" for
 CLASS_PIPELINES = tuple(name for spec in HOST_SPECS if spec.kind == "class" for name in spec.pipelines)
 ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED = {"shapes-t2i": ASSETS / "shapes-t2i", "shapes-class": ASSETS / "shapes-class",
-           "shapes-t2i-objects": ASSETS / "shapes-t2i-objects"}
-"""Bases in the repository. ``shapes-t2i-objects`` has seen single objects and colours only (never a composition):
-the base of the decisive reproduction's fine-tuning task (``scripts/pretrain_objects_base.sh``)."""
+           "shapes-t2i-objects": ASSETS / "shapes-t2i-objects",
+           "shapes-t2i-objects-pairs": ASSETS / "shapes-t2i-objects-pairs"}
+"""Bases in the repository. ``shapes-t2i-objects`` has seen single objects and colours only (never a composition),
+``shapes-t2i-objects-pairs`` also two objects (never a count, a position or a bound attribute): bases for the
+decisive reproduction's fine-tuning task (``scripts/pretrain_objects_base.sh``, ``docs/results/finetune_task.md``)."""
 
 
 def _pipeline_class(name: str):

@@ -28,7 +28,7 @@ from torch import Tensor
 from .config import TrainConfig
 from .frames import render_frame
 from .maps import find_cell, map_set, path_cells, shortest_path
-from .model import POSES, PlannerConfig, VisualPlanner, appearance_atlas, appearance_index
+from .model import POSES, VisualPlanner, appearance_atlas, appearance_index
 
 
 @dataclass
@@ -156,8 +156,3 @@ def train_planner(model: VisualPlanner, cfg: TrainConfig, data: dict[int, PlanDa
     model.eval()
     return {"steps": step + 1, "seconds": time.time() - t0, "history": history}
 
-
-def build_and_train(planner: PlannerConfig, cfg: TrainConfig, log: Callable[[str], None] | None = print) -> tuple:
-    model = VisualPlanner(planner)
-    summary = train_planner(model, cfg, log=log)
-    return model, summary
