@@ -1,7 +1,7 @@
 """The decisive reproduction (issue 24): does RSR beat LoRA on held-out compositions?
 
 Unlike ``reproduce_tables`` (the paper-tables-v1 design, which fine-tunes on the bases' own pretraining
-distribution for 250 steps and stays reproducible as it is), every row here fine-tunes ``shapes-t2i`` on the
+distribution for 250 steps and stays reproducible as it is), every row here fine-tunes :data:`BASE` on the
 ``compositional`` recipe (the training bindings of two_object, counting, position and color_attr; no image
 shows a held-out binding) at the budget ``benchmarks.finetune_pilot`` chose on training prompts
 (``docs/results/finetune_task.md``). Each row is scored twice with noise fixed per (prompt, sample), the same
