@@ -198,7 +198,9 @@ def answer(lines: list[dict], results: dict[str, list[dict]], finished: int, pla
                     "prompts, and the adapters change the loss by under 0.6%: it already models the fine-tuning "
                     "set. On a base pretrained on single objects only, SFT lowers the loss by 40% but its "
                     "compositional images stay at the scorer's floor (about 1%), where no comparison of adapters "
-                    "can show anything.\n")
+                    "can show anything. On a base pretrained on single objects, colours and two objects, SFT "
+                    "lifts the compositional training prompts from 4% to at most 8% (counts and attribute binding "
+                    "stay at 0-2%), below the budget rule's 10% floor, on one layer or three and up to 4000 steps.\n")
     for line in lines:
         c = line["comparison"]
         if c is None:
