@@ -303,3 +303,23 @@ def test_cli_help_and_errors(tmp_path, capsys):
     args = parser.parse_args(["shapes", "make-dataset", "--out", str(tmp_path), "--n", "1", "--image-size", "8"])
     with pytest.raises(ValueError, match="image_size=8"):
         args.func(args)
+
+
+@pytest.mark.parametrize("name", ["shapes-t2i", "shapes-t2i-objects", "shapes-t2i-objects-pairs"])
+def test_every_shipped_text_base_loads_in_fp16_with_its_interval_and_samples(name):
+    """Each base in ``SHIPPED`` is in the repository (not only named), ships fp16 weights with the shipped
+    base's guidance interval, and samples a finite image; the bases are distinct models."""
+    from benchmarks.shapes_rows import fingerprint
+
+    from thinkpix.pipelines import SHIPPED, load_pipeline
+
+    pipe = load_pipeline(name)
+    assert isinstance(pipe, ShapesTextToImagePipeline)
+    weights = SHIPPED[name] / "transformer" / "diffusion_pytorch_model.safetensors"
+    assert weights.is_file() and weights.stat().st_size < 12 * 2**20  # fp16: about 9 MB
+    assert pipe.config.guidance_interval == load_pipeline("shapes-t2i").config.guidance_interval
+    image = pipe(["a photo of a red circle"], num_inference_steps=2, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
+    others = {fingerprint(other) for other in SHIPPED if other.startswith("shapes-t2i") and other != name}
+    assert fingerprint(name) not in others
