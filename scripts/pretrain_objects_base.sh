@@ -8,7 +8,8 @@
 # THREADS override the budget: warmup-stable-decay cycles with an EMA, as the shipped base's, each keeping lr
 # 1e-3 until COOLDOWN_STEPS before its end and decaying it linearly to 0 there. RECIPE=objects-pairs pretrains
 # the same way on single objects, colours and two objects (runs/pretrain-objects-pairs, shipped as
-# `shapes-t2i-objects-pairs`).
+# `shapes-t2i-objects-pairs`). NAME overrides the shipped name (default shapes-t2i-$RECIPE): give a longer
+# schedule its own name, so that the shorter base it continues stays shipped as it was.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CYCLE_ENDS=${CYCLE_ENDS:-"4000 7000"}
@@ -16,6 +17,7 @@ COOLDOWN_STEPS=${COOLDOWN_STEPS:-1000}
 export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
 TP=.venv/bin/thinkpix
 RECIPE=${RECIPE:-objects}
+NAME=${NAME:-shapes-t2i-$RECIPE}
 OUT=runs/pretrain-$RECIPE
 mkdir -p "$OUT"
 test -f $OUT/data/metadata.jsonl || $TP shapes make-dataset --out $OUT/data --n 20000 --seed 0 --recipe "$RECIPE"
@@ -26,7 +28,7 @@ for END in $CYCLE_ENDS; do
     --validation-prompt "a photo of a red circle" --validation-prompt "a photo of a cyan diamond"
 done
 
-.venv/bin/python - "$OUT/t2i/pipeline" "src/thinkpix/assets/shapes-t2i-$RECIPE" <<'PY'
+.venv/bin/python - "$OUT/t2i/pipeline" "src/thinkpix/assets/$NAME" <<'PY'
 import sys, torch, thinkpix.pipelines as t
 pipe = t.load_pipeline(sys.argv[1])
 pipe.register_to_config(guidance_interval=t.load_pipeline("shapes-t2i").config.guidance_interval)
