@@ -9,7 +9,8 @@
 # 1e-3 until COOLDOWN_STEPS before its end and decaying it linearly to 0 there. RECIPE=objects-pairs pretrains
 # the same way on single objects, colours and two objects (runs/pretrain-objects-pairs, shipped as
 # `shapes-t2i-objects-pairs`). NAME overrides the shipped name (default shapes-t2i-$RECIPE): give a longer
-# schedule its own name, so that the shorter base it continues stays shipped as it was.
+# schedule its own name, so that the shorter base it continues stays shipped as it was (a folder already past
+# the schedule's end is refused: `make bases` trains the 7000-step base before the 12000-step one continues it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CYCLE_ENDS=${CYCLE_ENDS:-"4000 7000"}
@@ -20,6 +21,15 @@ RECIPE=${RECIPE:-objects}
 NAME=${NAME:-shapes-t2i-$RECIPE}
 OUT=runs/pretrain-$RECIPE
 mkdir -p "$OUT"
+# a run folder already past this schedule's end would ship its newer weights under this name (pretrain resumes
+# the latest checkpoint and has nothing left to train; older checkpoints are pruned, so they cannot be rebuilt)
+LAST_END=${CYCLE_ENDS##* }
+AT=$( (ls "$OUT/t2i/checkpoints" 2>/dev/null || true) | sed -n 's/^checkpoint-\([0-9]*\)$/\1/p' | sort -n | tail -n 1)
+if [ -n "$AT" ] && [ "$AT" -gt "$LAST_END" ]; then
+  echo "pretrain_objects_base.sh: $OUT/t2i is at step $AT, past this schedule's end ($LAST_END): it cannot rebuild" \
+    "$NAME; move $OUT away to train it from scratch" >&2
+  exit 1
+fi
 test -f $OUT/data/metadata.jsonl || $TP shapes make-dataset --out $OUT/data --n 20000 --seed 0 --recipe "$RECIPE"
 for END in $CYCLE_ENDS; do
   $TP pretrain --model mmdit-s --train-data-dir $OUT/data --output-dir $OUT/t2i --max-steps "$END" \
