@@ -48,10 +48,11 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/thinkpix demo --out runs/demo
 
-bases: $(STAMP)  # re-train the shipped Shapes bases (about 6 hours on 2 cores)
+bases: $(STAMP)  # re-train the shipped Shapes bases (about 7 hours on 2 cores)
 	bash scripts/pretrain_bases.sh
 	bash scripts/pretrain_objects_base.sh
 	RECIPE=objects-pairs bash scripts/pretrain_objects_base.sh
+	NAME=shapes-t2i-objects-pairs-12k CYCLE_ENDS="4000 7000 12000" RECIPE=objects-pairs bash scripts/pretrain_objects_base.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

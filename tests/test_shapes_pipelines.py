@@ -13,6 +13,7 @@ from PIL import Image
 
 from test_models_hosts import perturb_experts
 from thinkpix import RSRConfig, apply_rsr, remove_rsr
+from thinkpix.pipelines import SHIPPED
 from thinkpix.shapes.cli import add_shapes_parser
 from thinkpix.shapes.metadata import read_metadata_jsonl
 from thinkpix.shapes.models import (
@@ -305,13 +306,13 @@ def test_cli_help_and_errors(tmp_path, capsys):
         args.func(args)
 
 
-@pytest.mark.parametrize("name", ["shapes-t2i", "shapes-t2i-objects", "shapes-t2i-objects-pairs"])
+@pytest.mark.parametrize("name", [name for name in SHIPPED if name.startswith("shapes-t2i")])
 def test_every_shipped_text_base_loads_in_fp16_with_its_interval_and_samples(name):
     """Each base in ``SHIPPED`` is in the repository (not only named), ships fp16 weights with the shipped
     base's guidance interval, and samples a finite image; the bases are distinct models."""
     from benchmarks.shapes_rows import fingerprint
 
-    from thinkpix.pipelines import SHIPPED, load_pipeline
+    from thinkpix.pipelines import load_pipeline
 
     pipe = load_pipeline(name)
     assert isinstance(pipe, ShapesTextToImagePipeline)

@@ -26,9 +26,11 @@ CLASS_PIPELINES = tuple(name for spec in HOST_SPECS if spec.kind == "class" for 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED = {"shapes-t2i": ASSETS / "shapes-t2i", "shapes-class": ASSETS / "shapes-class",
            "shapes-t2i-objects": ASSETS / "shapes-t2i-objects",
-           "shapes-t2i-objects-pairs": ASSETS / "shapes-t2i-objects-pairs"}
+           "shapes-t2i-objects-pairs": ASSETS / "shapes-t2i-objects-pairs",
+           "shapes-t2i-objects-pairs-12k": ASSETS / "shapes-t2i-objects-pairs-12k"}
 """Bases in the repository. ``shapes-t2i-objects`` has seen single objects and colours only (never a composition),
-``shapes-t2i-objects-pairs`` also two objects (never a count, a position or a bound attribute): bases for the
+``shapes-t2i-objects-pairs`` also two objects (never a count, a position or a bound attribute), and
+``shapes-t2i-objects-pairs-12k`` is the same recipe trained to the shipped base's 12000 steps: bases for the
 decisive reproduction's fine-tuning task (``scripts/pretrain_objects_base.sh``, ``docs/results/finetune_task.md``)."""
 
 
