@@ -34,6 +34,7 @@ ROW = Row("SFT (middle)", "sft", {"layers": "middle"})
 ARMS = {
     "lr1e-3": ROW,
     "lr3e-3": Row("SFT (middle), lr 3e-3", "sft", {"layers": "middle", "learning_rate": 3e-3}),
+    "lr3e-4": Row("SFT (middle), lr 3e-4", "sft", {"layers": "middle", "learning_rate": 3e-4}),
     "lr1e-3-linear": Row("SFT (middle), lr 1e-3 decayed", "sft", {"layers": "middle", "lr_scheduler": "linear"}),
     "lr3e-3-linear": Row("SFT (middle), lr 3e-3 decayed", "sft",
                          {"layers": "middle", "learning_rate": 3e-3, "lr_scheduler": "linear"}),
@@ -44,11 +45,12 @@ ARMS = {
                      {"layers": "middle", "condition_dropout": 0.1}),
     "three": Row("SFT (three layers)", "sft", {"layers": "three"}),
 }
-"""Pilot arms by name: the preset's constant rate (1e-3), a higher one, both decayed linearly to 0 at the
-budget (the shipped base is the end of a cool-down, and its constant-rate stretches barely moved it:
-``shapes_bases.md``), and arms that keep training the unconditional model: the presets replace no caption by
-the empty prompt, so an adapter changes the unconditional prediction that classifier-free guidance amplifies
-(4x) without ever being trained on it; the base was pretrained with 10% empty captions. The 8000-image arm
+"""Pilot arms by name: the preset's constant rate (1e-3), a higher one, a lower one (for a base that already draws
+much of what the recipe shows, which 1e-3 may move off what it knows faster than it learns), 1e-3 and 3e-3
+decayed linearly to 0 at the budget (the shipped base is the end of a cool-down, and its constant-rate stretches
+barely moved it: ``shapes_bases.md``), and arms that keep training the unconditional model: the presets replace
+no caption by the empty prompt, so an adapter changes the unconditional prediction that classifier-free guidance
+amplifies (4x) without ever being trained on it; the base was pretrained with 10% empty captions. The 8000-image arm
 sees each image 4 times in 1000 steps instead of 32 (over-fitting). ``three``: the adapter on three layers (the
 table's larger SFT row), where one layer may lack the capacity to teach a base something it has never drawn."""
 ARM_IMAGES = {ARMS["n8000-cfg"].name: 8000}
