@@ -186,12 +186,14 @@ def sample_grid(folders: dict[str, Path], results: dict[str, list[dict]], path: 
 
 
 def answer(lines: list[dict], results: dict[str, list[dict]], finished: int, planned: int,
-           budget_chosen: bool = True) -> list[str]:
+           budget_choice: str | None = None) -> list[str]:
     """The plain-language answer at the top, generated from the claims (never written by hand)."""
     said = [f"**Status: {finished} of {planned} (row, seed) jobs finished.**" + (
         " The run resumes from the committed cache; rows and verdicts below change as seeds are added."
         if finished < planned else "")]
-    if not budget_chosen:
+    if budget_choice is not None:
+        said.append(f"\n**How the budget was chosen.** {budget_choice}\n")
+    else:
         said.append("\n**No fine-tuning budget is chosen, so the rows have not been run and this report answers "
                     "nothing yet.** No base tried so far gives the adapters a task they can show on the "
                     "scorer (`finetune_task.md`). On the shipped base no budget made SFT beat the base on training "
@@ -252,14 +254,14 @@ def write_report(context: dict, design: list, claims: list[Claim], results: dict
             "The paper-tables design of earlier sessions (fine-tuning on the bases' own pretraining distribution "
             "for 250 steps) stays reproducible under its own name: `paper_tables_v1.md`, "
             "`python -m benchmarks.reproduce_tables`.", "", "## The answer so far", "",
-            *answer(lines, results, context["finished"], context["planned"], context.get("budget_chosen", True)),
+            *answer(lines, results, context["finished"], context["planned"], context.get("budget_choice")),
             "",
             "## Design", "",
             f"- Fine-tuning: every row fine-tunes {context['base']} on the `compositional` recipe (training bindings "
             "of two_object, counting, position and color_attr; no image shows a held-out binding) at "
             f"{context['budget']}"
             + (" (`finetune_task.md` gives the pilot that chose it on training prompts)."
-               if context.get("budget_chosen", True)
+               if context.get("budget_choice") is not None
                else " (the driver's default: the pilot in `finetune_task.md` chose no budget)."),
             f"- Held-out evaluation: Shapes-GenEval `{context['protocol']}`, {context['held_out_images']} images a "
             "row and seed, noise fixed per (prompt, sample), the same for every row and training seed.",

@@ -63,7 +63,7 @@ def test_claims_get_holm_verdicts_a_forest_plot_and_a_generated_answer(tmp_path)
 def test_the_report_lists_a_command_for_every_row(tmp_path):
     results = {"base": [_result(0, 0.3, steps=0)], "SFT (middle)": [_result(s, 0.5) for s in range(2)]}
     context = {"command": "cmd", "base": "`the-base`", "budget": "budget", "protocol": "v2", "held_out_images": 288,
-               "finished": 3, "planned": 45}
+               "finished": 3, "planned": 45, "budget_choice": "Chosen on training prompts by a pilot."}
     out = tmp_path / "reproduction.md"
     report.write_report(context, DESIGN, [], results, {}, out)
     text = out.read_text()
@@ -71,8 +71,9 @@ def test_the_report_lists_a_command_for_every_row(tmp_path):
     for plan in DESIGN:
         assert f'--rows "{plan.row.name}" --seeds ' + " ".join(map(str, range(plan.seeds))) in text
     assert "No fine-tuning budget is chosen" not in text and "the pilot that chose it" in text
+    assert "**How the budget was chosen.** Chosen on training prompts by a pilot." in text
     assert "fine-tunes `the-base` on the `compositional` recipe" in text
-    report.write_report({**context, "budget_chosen": False}, DESIGN, [], results, {}, out)
+    report.write_report({**context, "budget_choice": None}, DESIGN, [], results, {}, out)
     assert "No fine-tuning budget is chosen" in out.read_text() and "chose no budget" in out.read_text()
     earlier = "# v1\n\n## Table 2\n\nrows\n\n## The paper's claims, paired by seed\n\n| claim | MDE |\n\n"
     (tmp_path / "paper_tables_v1.md").write_text(earlier + "## Rerunning one row\n\nnot quoted\n")
