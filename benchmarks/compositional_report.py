@@ -164,11 +164,13 @@ def forest_plot(lines: list[dict], path: Path) -> Path | None:
 
 def sample_grid(folders: dict[str, Path], results: dict[str, list[dict]], path: Path) -> Path | None:
     """Base vs SFT vs RSR on the same held-out prompts and noise (seed 0), each tile marked by the scorer."""
-    rows = [name for name in GRID_ROWS if name in folders and (folders[name] / "sampled.json").is_file()]
+    seed0 = {name: r for name in GRID_ROWS for r in results.get(name, []) if r["seed"] == 0}
+    # a row whose images are sampled but whose result is not written yet (still scoring) is left out
+    rows = [name for name in seed0 if name in folders and (folders[name] / "sampled.json").is_file()]
     if len(rows) < 2:
         return None
-    first = {name: {(v["prompt_index"], v["sample_index"]): v for v in held_out_verdicts(
-        next(r for r in results[name] if r["seed"] == 0))} for name in rows}
+    first = {name: {(v["prompt_index"], v["sample_index"]): v for v in held_out_verdicts(seed0[name])}
+             for name in rows}
     chosen = []
     for tag in TAGS:
         prompts = sorted({p for (p, s), v in first[rows[0]].items() if v["tag"] == tag and s == 0})

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -81,3 +82,25 @@ def test_the_report_lists_a_command_for_every_row(tmp_path):
     text = out.read_text()
     assert "### The paper's claims, paired by seed" in text and "| claim | MDE |" in text
     assert "not quoted" not in text and "## Table 2" not in text
+
+
+def _sampled_folder(root: Path) -> Path:
+    """A held-out GenEval folder of 32px images, one per (prompt, first sample), marked complete."""
+    for prompt in range(len(TAGS) * PROMPTS):
+        folder = root / f"{prompt:05d}"
+        (folder / "samples").mkdir(parents=True)
+        Image.new("RGB", (32, 32), (prompt, 0, 0)).save(folder / "samples" / "00000.png")
+        (folder / "metadata.jsonl").write_text(f'{{"prompt": "a photo of prompt {prompt}"}}')
+    (root / "sampled.json").write_text("{}")
+    return root
+
+
+def test_the_sample_grid_leaves_out_a_row_whose_result_is_not_written_yet(tmp_path):
+    folders = {name: _sampled_folder(tmp_path / str(i)) for i, name in enumerate(report.GRID_ROWS)}
+    results = {"base": [_result(0, 0.3, steps=0)], "SFT (middle)": [_result(1, 0.5), _result(0, 0.5)]}
+    path = report.sample_grid(folders, results, tmp_path / "grid.png")  # RSR sampled, its result still pending
+    two_rows = np.asarray(Image.open(path)).shape
+    results["RSR M=2, T=2 (middle)"] = [_result(0, 0.6)]
+    three_rows = np.asarray(Image.open(report.sample_grid(folders, results, path))).shape
+    assert three_rows[1] == two_rows[1] and three_rows[0] > two_rows[0]  # same columns, one more row of tiles
+    assert report.sample_grid(folders, {"base": results["base"]}, path) is None  # one row is no comparison
