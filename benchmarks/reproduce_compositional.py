@@ -31,7 +31,6 @@ import argparse
 import hashlib
 import json
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from benchmarks.reproduction_claims import Claim
 from benchmarks.shapes_rows import (
     Budget,
     Row,
+    Stopwatch,
     cached,
     describe_base,
     finetuned,
@@ -211,13 +211,13 @@ def run_row(plan: Plan, seed: int, budget: Budget, work: Path, data: Path) -> di
 
     def sample_held_out_traced() -> dict:
         model = target()
-        seconds, latent_steps = traced_sampling(model, lambda: sample_held_out(model, held_out, budget.sample_steps))
-        return {"sample_seconds": seconds, "latent_steps": latent_steps}
+        return traced_sampling(model, lambda: sample_held_out(model, held_out, budget.sample_steps))
 
     def sample_train_prompts() -> dict:
-        started = time.perf_counter()
-        sample_images(target(), train_prompts)
-        return {"sample_seconds": time.perf_counter() - started}
+        model = target()
+        with Stopwatch() as clock:
+            sample_images(model, train_prompts)
+        return {"sample_seconds": clock.wall, "sample_cpu_seconds": clock.cpu}
 
     held_out, train_prompts = out / f"geneval-{PROTOCOL}", out / "train-prompts"
     held_out_cost = cached(held_out / "sampled.json", sample_held_out_traced)

@@ -104,26 +104,42 @@ def cached(path: Path, compute: Callable[[], dict]) -> dict:
     return result
 
 
+class Stopwatch:
+    """Wall-clock and CPU seconds of a ``with`` block. With one torch thread the process's CPU time is the work
+    done: unlike the wall clock it leaves out what other jobs on the shared cores take, and any pause."""
+
+    def __enter__(self) -> Stopwatch:
+        self._started = (time.perf_counter(), time.process_time())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self._started[0]
+        self.cpu = time.process_time() - self._started[1]
+
+
 def finetuned(base: str, data_dir: Path, row: Row, seed: int, steps: int, batch_size: int,
               out: Path, resume: bool = False, report_to: str | None = None) -> tuple[TrainTarget, dict]:
     """The base with the row's method fine-tuned in (in memory) and the cost of doing so; with
     ``report_to="tensorboard"`` the training log is written under ``out``. With ``resume``,
     training continues from the last checkpoint in ``out`` at or below ``steps`` (the rate is constant and
     the data order a function of the step, so a run stopped at step k and resumed equals one run: a budget
-    ladder trains once); ``train_seconds`` then counts the steps run in this call."""
+    ladder trains once, and a killed row loses at most a quarter of its steps); ``train_seconds`` (wall clock)
+    and ``train_cpu_seconds`` then count the ``train_steps_timed`` steps run in this call."""
     target = TrainTarget(load_pipeline(base))
-    cost = {"train_seconds": 0.0, "train_steps": 0, "trainable_params": 0}
+    cost = {"train_seconds": 0.0, "train_cpu_seconds": 0.0, "train_steps": 0, "train_steps_timed": 0,
+            "trainable_params": 0}
     if row.method == "base":
         target.transformer.eval()
         return target, cost
     cfg = preset(row.preset, method=row.method, max_steps=steps, batch_size=batch_size, seed=seed,
-                 validation_steps=0, checkpointing_steps=steps, checkpoints_total_limit=1, **row.fields)
-    earlier = [path for step, path in list_checkpoints(out / "checkpoints") if step <= steps] if resume else []
-    started = time.perf_counter()
+                 validation_steps=0, checkpointing_steps=max(1, steps // 4), checkpoints_total_limit=1, **row.fields)
+    earlier = [(step, path) for step, path in list_checkpoints(out / "checkpoints") if step <= steps] if resume else []
     # a resumed run continues its checkpoint; any other run starts over in its folder
-    train(target, load_image_folder(data_dir), cfg, out, resume=str(earlier[-1]) if earlier else None,
-          report_to=report_to, progress=False, overwrite=not earlier)
-    cost.update(train_seconds=time.perf_counter() - started, train_steps=steps,
+    with Stopwatch() as clock:
+        train(target, load_image_folder(data_dir), cfg, out, resume=str(earlier[-1][1]) if earlier else None,
+              report_to=report_to, progress=False, overwrite=not earlier)
+    cost.update(train_seconds=clock.wall, train_cpu_seconds=clock.cpu, train_steps=steps,
+                train_steps_timed=steps - (earlier[-1][0] if earlier else 0),
                 trainable_params=sum(p.numel() for p in rsr_parameters(target.transformer)))
     target.transformer.eval()
     return target, cost
@@ -138,15 +154,18 @@ def sampling_macs(target: TrainTarget, conditions: list, steps: int, guidance_sc
     return counter.get_total_flops() / 2 / len(conditions)
 
 
-def traced_sampling(target: TrainTarget, sample: Callable[[], object]) -> tuple[float, float | None]:
-    """Run ``sample()``: its seconds and the mean latent steps the RSR layers used (None without RSR)."""
-    started = time.perf_counter()
-    if rsr_install(target.transformer) is None:
-        sample()
-        return time.perf_counter() - started, None
-    with routing_trace(target.transformer) as trace:
-        sample()
-    return time.perf_counter() - started, trace.mean_steps_used()
+def traced_sampling(target: TrainTarget, sample: Callable[[], object]) -> dict:
+    """Run ``sample()``: its wall-clock and CPU seconds and the mean latent steps the RSR layers used (None
+    without RSR)."""
+    latent_steps = None
+    with Stopwatch() as clock:
+        if rsr_install(target.transformer) is None:
+            sample()
+        else:
+            with routing_trace(target.transformer) as trace:
+                sample()
+            latent_steps = trace.mean_steps_used()
+    return {"sample_seconds": clock.wall, "sample_cpu_seconds": clock.cpu, "latent_steps": latent_steps}
 
 
 def geneval_row(target: TrainTarget, records: list[dict], out: Path, budget: Budget, seed: int,
@@ -154,9 +173,9 @@ def geneval_row(target: TrainTarget, records: list[dict], out: Path, budget: Bud
     """Sample the records into a GenEval folder, score it; with the sampling time, the latent steps used and the
     per-image verdicts."""
     steps = steps or budget.sample_steps
-    seconds, latent_steps = traced_sampling(target, lambda: generate_geneval(
+    cost = traced_sampling(target, lambda: generate_geneval(
         target, records, out, samples=budget.samples, seed=seed, steps=steps, progress=False))
-    return {**scored_verdicts(out), "sample_seconds": seconds, "sample_steps": steps, "latent_steps": latent_steps}
+    return {**scored_verdicts(out), **cost, "sample_steps": steps}
 
 
 def scored_verdicts(folder: Path) -> dict:

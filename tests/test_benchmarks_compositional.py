@@ -140,6 +140,8 @@ def test_the_driver_runs_caches_and_resumes_rows_on_a_tiny_base(tmp_path, monkey
     assert [p.stat().st_mtime_ns for p in cached_rows] == stamps
     result = json.loads(next(p for p in cached_rows if "sft-middle" in str(p)).read_text())
     assert result["train_steps"] == 2 and result["protocol"] == reproduce_compositional.PROTOCOL
+    assert result["train_steps_timed"] == 2 and result["train_cpu_seconds"] > 0  # CPU time: immune to other jobs
+    assert result["geneval"]["sample_cpu_seconds"] > 0 and result["train_prompts"]["sample_cpu_seconds"] > 0
     found = result["geneval"]["verdicts"]
     assert len(found) == 172 and {v["tag"] for v in found} == set(finetune_pilot.IMAGES_PER_TAG)
     assert np.mean([v["correct"] for v in found if v["tag"] == "colors"]) == result["geneval"]["scores"]["colors"]

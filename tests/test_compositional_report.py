@@ -26,9 +26,10 @@ def _result(seed: int, rate: float, steps: int = 10) -> dict:
                 for t, tag in enumerate(TAGS) for p in range(PROMPTS) for k in range(SAMPLES)]
     scores = {tag: float(np.mean([v["correct"] for v in verdicts if v["tag"] == tag])) for tag in TAGS}
     train = [(tag, f"{tag} prompt {i % 5}", bool(rng.random() < rate)) for tag in TAGS for i in range(20)]
-    return {"seed": seed, "train_steps": steps, "train_seconds": 1.0, "trainable_params": 10,
+    return {"seed": seed, "train_steps": steps, "train_seconds": 1.0, "train_cpu_seconds": 0.5 * steps,
+            "train_steps_timed": steps, "trainable_params": 10,
             "geneval": {"verdicts": verdicts, "scores": {**scores, "overall": float(np.mean(list(scores.values())))},
-                        "sample_seconds": 2.0, "latent_steps": None},
+                        "sample_seconds": 2.0, "sample_cpu_seconds": 1.0 + rate, "latent_steps": None},
             "train_prompts": {"tags": [t for t, _, _ in train], "prompts": [p for _, p, _ in train],
                               "correct": [c for _, _, c in train]}}
 
@@ -104,3 +105,17 @@ def test_the_sample_grid_leaves_out_a_row_whose_result_is_not_written_yet(tmp_pa
     three_rows = np.asarray(Image.open(report.sample_grid(folders, results, path))).shape
     assert three_rows[1] == two_rows[1] and three_rows[0] > two_rows[0]  # same columns, one more row of tiles
     assert report.sample_grid(folders, {"base": results["base"]}, path) is None  # one row is no comparison
+
+
+def test_cpu_cost_scales_a_resumed_run_and_leaves_out_seeds_timed_on_the_wall_clock_only():
+    resumed = {**_result(1, 0.5), "train_cpu_seconds": 2.0, "train_steps_timed": 4}  # 4 of its 10 steps ran here
+    assert report.train_cpu_seconds(resumed) == 5.0 and report.train_cpu_seconds(_result(0, 0.3, steps=0)) == 0.0
+    wall_only = _result(0, 0.5)
+    del wall_only["train_cpu_seconds"], wall_only["train_steps_timed"], wall_only["geneval"]["sample_cpu_seconds"]
+    assert report.train_cpu_seconds(wall_only) is None
+    assert report.mean_of_recorded([wall_only, resumed], report.train_cpu_seconds) == 5.0
+    results = {"base": [_result(0, 0.3, steps=0)], "SFT (middle)": [wall_only, resumed],
+               "SFT (three layers)": [wall_only]}
+    table = "\n".join(report.cost_table(DESIGN, results))
+    assert "| 5 | 2 | 1.15x | 1 | 2 |" in table  # train CPU (resumed seed only), sample CPU 1.5 / 1.3, wall
+    assert "| - | - | - | 1 | 2 |" in table  # no seed recorded CPU time
