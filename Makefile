@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
+# Every other package at the version the suite was last checked with; `make venv CONSTRAINTS=` floats them.
+CONSTRAINTS ?= constraints.txt
 # pip shows its install progress; PIP_FLAGS=-q quietens it.
 PIP_FLAGS ?=
 PY := $(VENV)/bin/python
@@ -14,7 +16,7 @@ TORCH_STAMP := $(VENV)/.thinkpix-torch-installed
 TORCH_REQUEST := $(VENV)/.thinkpix-torch-request
 TORCH_LINE := $(strip $(TORCH_SPEC) $(TORCH_PIP_ARGS))
 
-.PHONY: venv test test-slow lint demo bases clean
+.PHONY: venv test test-slow lint demo bases constraints clean
 
 # The torch request as a file rewritten (when make reads this Makefile, so `make -n` tells the truth) only when
 # TORCH_SPEC or TORCH_PIP_ARGS change: its date tells make whether torch must be reinstalled.
@@ -30,8 +32,8 @@ $(TORCH_STAMP): $(TORCH_REQUEST)
 	$(PY) -m pip install $(PIP_FLAGS) "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
 	touch $@
 
-$(STAMP): pyproject.toml Makefile $(TORCH_STAMP)
-	$(PY) -m pip install $(PIP_FLAGS) -e ".[test]"
+$(STAMP): pyproject.toml Makefile $(CONSTRAINTS) $(TORCH_STAMP)
+	$(PY) -m pip install $(PIP_FLAGS) $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test]"
 	touch $@
 
 venv: $(STAMP)
@@ -53,6 +55,11 @@ bases: $(STAMP)  # re-train the shipped Shapes bases (about 7 hours on 2 cores)
 	bash scripts/pretrain_objects_base.sh
 	RECIPE=objects-pairs bash scripts/pretrain_objects_base.sh
 	NAME=shapes-t2i-objects-pairs-12k CYCLE_ENDS="4000 7000 12000" RECIPE=objects-pairs bash scripts/pretrain_objects_base.sh
+
+# After an upgrade that passes `make test`: record the new versions (torch stays TORCH_SPEC's).
+constraints: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable --exclude torch | grep -v '^nvidia-\|^triton=='; } > constraints.tmp
+	mv constraints.tmp constraints.txt
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
