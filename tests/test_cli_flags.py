@@ -63,8 +63,8 @@ def test_underscore_spellings_are_aliases_everywhere():
                                      "data", "--output_dir", "out", "--num_experts", "3", "--lr_warmup_steps", "5"])
     assert vars(dashed) == vars(underscored)
     assert parser.parse_args(["frozenlake", "train", "--out", "o", "--plan_steps", "4"]).plan_steps == 4
-    assert parser.parse_args(["eval", "fid", "--ref", "r", "--samples", "s", "--inception_weights", "w"]
-                             ).inception_weights == "w"
+    for flag in ("--extractor_weights", "--inception_weights", "--inception-weights"):
+        assert parser.parse_args(["eval", "fid", "--ref", "r", "--samples", "s", flag, "w"]).extractor_weights == "w"
     assert parser.parse_args(["sample", "--model", "m", "--out", "o", "--num_inference_steps", "3"]
                              ).num_inference_steps == 3
 

@@ -110,9 +110,9 @@ def test_precision_recall_match_brute_force_nearest_neighbours():
 
 
 def test_inception_extractor_without_weights_gives_a_clear_error(tmp_path, capsys):
-    with pytest.raises(ValueError, match="--inception-weights"):
+    with pytest.raises(ValueError, match="--extractor-weights"):
         get_extractor("inception")
-    with pytest.raises(FileNotFoundError, match="--inception-weights"):
+    with pytest.raises(FileNotFoundError, match="--extractor-weights"):
         get_extractor("inception", weights=tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="unknown feature extractor 'clip'"):
         get_extractor("clip")
@@ -120,7 +120,7 @@ def test_inception_extractor_without_weights_gives_a_clear_error(tmp_path, capsy
     assert main(["eval", "fid", "--ref", str(tmp_path / "a.npz"), "--samples", str(tmp_path / "a.npz"),
                  "--extractor", "inception"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--inception-weights" in err[0]
+    assert len(err) == 1 and "--extractor-weights" in err[0]
 
 
 def test_npz_round_trip_and_folders(tmp_path):
@@ -163,6 +163,30 @@ def test_shipped_shapes_extractor_separates_real_from_noise(tmp_path, capsys):
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["precision"] < 0.1 and metrics["num_samples"] == 150
     assert set(metrics) >= {"fid", "sfid", "inception_score", "precision", "recall"}
+    assert metrics["extractor_weights"] == "shipped"
+
+
+def test_fid_takes_a_retrained_shapes_extractor_folder(tmp_path, capsys):
+    """``train-extractor --out DIR`` then ``eval fid --extractor-weights DIR`` (or its model.safetensors): the
+    metrics come from those weights, and a folder without an extractor is one error line."""
+    from thinkpix.eval.train_extractor import train_extractor
+
+    train_extractor(tmp_path / "mine", per_class=2, test_per_class=1, epochs=1, batch_size=8, log=lambda _: None)
+    save_npz(tmp_path / "a.npz", render_set(40, 0))
+    save_npz(tmp_path / "b.npz", render_set(40, 1))
+    found = {}
+    for name, weights in (("shipped", []), ("mine", ["--extractor-weights", str(tmp_path / "mine")]),
+                          ("file", ["--extractor-weights", str(tmp_path / "mine" / "model.safetensors")])):
+        assert main(["eval", "fid", "--ref", str(tmp_path / "a.npz"), "--samples", str(tmp_path / "b.npz"),
+                     "--json", str(tmp_path / f"{name}.json"), *weights]) == 0
+        found[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert found["mine"]["fid"] == found["file"]["fid"] != found["shipped"]["fid"]
+    assert found["mine"]["extractor_weights"] == str(tmp_path / "mine")
+    capsys.readouterr()
+    assert main(["eval", "fid", "--ref", str(tmp_path / "a.npz"), "--samples", str(tmp_path / "b.npz"),
+                 "--extractor-weights", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--extractor-weights" in err[0] and "train-extractor" in err[0]
 
 
 def test_registered_extractor_is_used_by_the_evaluation(tmp_path):

@@ -72,8 +72,7 @@ def _eval_fid(args: argparse.Namespace) -> int:
     from .fid import evaluate_folders_or_npz, format_metrics
 
     metrics = evaluate_folders_or_npz(args.ref, args.samples, extractor=args.extractor,
-                                      weights=args.inception_weights if args.extractor == "inception" else None,
-                                      batch_size=args.batch_size)
+                                      weights=args.extractor_weights, batch_size=args.batch_size)
     print(format_metrics(metrics))
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2))
@@ -149,14 +148,16 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--ref", required=True, help="reference images: an image folder or an .npz (arr_0, uint8 NHWC)")
     p.add_argument("--samples", required=True, help="sampled images: an image folder or an .npz")
     p.add_argument("--extractor", default="shapes", help="feature extractor: shapes (shipped) or inception")
-    p.add_argument("--inception-weights", help="local FID Inception weights file (for --extractor inception)")
+    p.add_argument("--extractor-weights", "--inception-weights", metavar="PATH",
+                   help="the extractor's weights: for shapes a `train-extractor --out` folder (default: the shipped "
+                        "one), for inception the local FID Inception weights file (required)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--json", help="also write the metrics to this file")
     p.set_defaults(func=_eval_fid)
     p = ev.add_parser("train-extractor", help="train the shapes feature extractor on the Shapes class dataset")
     p.add_argument("--out", default="runs/shapes-features",
-                   help="output folder; the shipped extractor that `eval fid` uses, "
-                        "src/thinkpix/assets/shapes-features, is only replaced when named here")
+                   help="output folder, for `eval fid --extractor-weights`; the shipped extractor that `eval fid` "
+                        "uses by default, src/thinkpix/assets/shapes-features, is only replaced when named here")
     p.add_argument("--per-class", type=int, default=1000, help="training images per class (28 classes)")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)

@@ -12,9 +12,10 @@ Registered extractors:
 
 * ``shapes``: :class:`ShapesFeatureNet`, a small CNN trained to classify the 28 Shapes classes
   (:data:`thinkpix.shapes.models.CLASS_NAMES`), shipped in ``assets/shapes-features`` (safetensors
-  and a config json; trained by ``thinkpix eval train-extractor``);
+  and a config json; trained by ``thinkpix eval train-extractor``, whose ``--out`` folder
+  ``--extractor-weights`` takes instead);
 * ``inception``: torch-fidelity's ``FeatureExtractorInceptionV3`` (the network torchmetrics' FID
-  wraps), loaded from a local weights file given with ``--inception-weights``; nothing is
+  wraps), loaded from a local weights file given with ``--extractor-weights``; nothing is
   downloaded.
 
 ``register_extractor(name, factory)`` adds another one; ``get_extractor(name, **options)`` builds one.
@@ -90,7 +91,8 @@ def to_model_input(images: np.ndarray | torch.Tensor, size: int) -> torch.Tensor
 
 
 class ShapesExtractor:
-    """The ``shapes`` extractor: :class:`ShapesFeatureNet` weights loaded with safetensors from ``path``."""
+    """The ``shapes`` extractor: :class:`ShapesFeatureNet` weights loaded with safetensors from ``path``, a
+    ``train-extractor --out`` folder or its ``model.safetensors`` (default: the shipped one)."""
 
     name = "shapes"
 
@@ -98,10 +100,11 @@ class ShapesExtractor:
         from safetensors.torch import load_file
 
         path = Path(path) if path is not None else SHAPES_FEATURES_DIR
+        path = path.parent if path.name == WEIGHTS_NAME else path
         weights, config = path / WEIGHTS_NAME, path / CONFIG_NAME
         if not weights.is_file() or not config.is_file():
-            raise FileNotFoundError(f"the shapes feature extractor is missing from {path} ({WEIGHTS_NAME} + "
-                                    f"{CONFIG_NAME}): train it with `thinkpix eval train-extractor --out {path}`")
+            raise FileNotFoundError(f"--extractor-weights {path}: no shapes feature extractor there ({WEIGHTS_NAME} + "
+                                    f"{CONFIG_NAME}); train one with `thinkpix eval train-extractor --out {path}`")
         self.config = json.loads(config.read_text())
         arch = {k: self.config[k] for k in ("num_classes", "channels", "spatial_channels", "image_size")}
         self.model = ShapesFeatureNet(**{**arch, "channels": tuple(arch["channels"])})
@@ -128,11 +131,11 @@ class InceptionExtractor:
 
     def __init__(self, weights: str | Path | None = None, device: str | torch.device = "cpu"):
         if weights is None:
-            raise ValueError("the inception extractor needs local weights: pass --inception-weights PATH "
+            raise ValueError("the inception extractor needs local weights: pass --extractor-weights PATH "
                              "(pt_inception-2015-12-05-6726825d.pth, the FID Inception weights); "
                              "thinkpix never downloads them")
         if not Path(weights).is_file():
-            raise FileNotFoundError(f"--inception-weights {weights}: no such file (the FID Inception weights, "
+            raise FileNotFoundError(f"--extractor-weights {weights}: no such file (the FID Inception weights, "
                                     "pt_inception-2015-12-05-6726825d.pth)")
         try:
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3

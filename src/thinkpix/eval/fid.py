@@ -213,7 +213,8 @@ def evaluate_folders_or_npz(ref: str | Path, samples: str | Path, extractor: str
     ref_images, sample_images = load_images(ref), load_images(samples)
     metrics = compute_metrics(extract_features(model, ref_images, batch_size),
                               extract_features(model, sample_images, batch_size))
-    return {**metrics, "extractor": extractor, "num_ref": len(ref_images), "num_samples": len(sample_images)}
+    return {**metrics, "extractor": extractor, "extractor_weights": "shipped" if weights is None else str(weights),
+            "num_ref": len(ref_images), "num_samples": len(sample_images)}
 
 
 def format_metrics(metrics: dict) -> str:
