@@ -28,10 +28,19 @@ logit margin against the Gumbel scale, so the gate has a ``noise_scale`` s (``z 
 paper): s < 1 makes training routes follow the eval-mode argmax more often (s = 0: always), whatever tau is.
 With ``route_per="sample"`` the token logits are averaged over the tokens of a sample and the whole sample
 takes one expert per latent step (one global route per sample, as InstructMoLE argues for).
+
+Activation checkpointing (diffusers' ``enable_gradient_checkpointing``, or ``torch.utils.checkpoint`` around a
+block) reruns a block's forward inside backward and restores the global RNG for it, but not the gate's own
+generator: the rerun would draw fresh noise, take other routes than the forward did, give the gradient of
+another sample and advance the generator a second time. So each call of the recursion first logs the
+generator's state (:meth:`LatentStepGate.begin_call`), and a call that runs inside the autograd engine (a
+recomputation) replays the latest logged state on a copy of the generator: the same routes, the same
+gradients, and the generator's own stream untouched, as without checkpointing.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import NamedTuple
 
 import torch
@@ -42,6 +51,14 @@ from torch import Tensor, nn
 from . import noise
 
 STEP_FREQUENCIES = 256  # width of the sinusoidal latent-step code before the MLP (as DiT's TimestepEmbedder)
+# generator states kept for checkpointing's recomputation: one per forward not yet backpropagated (a forward
+# and its backward pop each other; a backward recomputes the latest forward first, so the log is a stack)
+REPLAY_CALLS = 16
+
+
+def recomputing() -> bool:
+    """Whether this code runs inside the autograd engine: a forward there is activation checkpointing's rerun."""
+    return torch._C._current_graph_task_id() != -1
 
 
 class GateDecision(NamedTuple):
@@ -97,13 +114,17 @@ class LatentStepGate(nn.Module):
         self.proj = nn.Linear(dim, num_experts) if routed else None
         self._generator: torch.Generator | None = None
         self._noise_key = noise.register(self)  # the compile-friendly draws find this gate's generator by it
+        self._reset_replay()
         if self.proj is not None:
             nn.init.normal_(self.proj.weight, std=0.02)  # near-uniform routing at the start
             nn.init.zeros_(self.proj.bias)
 
     # -- randomness -------------------------------------------------------------------------------
     def generator(self, device: torch.device) -> torch.Generator:
-        """The gate's own generator: Gumbel noise and random routes never touch the global RNG."""
+        """The gate's own generator: Gumbel noise and random routes never touch the global RNG. Inside a
+        recomputation, the copy that replays the forward's draws."""
+        if self._replay is not None and recomputing():
+            return self._replay
         if self._generator is None or self._generator.device != torch.device(device):
             self._generator = torch.Generator(device=device)
             self._generator.manual_seed(self.seed)
@@ -112,10 +133,32 @@ class LatentStepGate(nn.Module):
     def __setstate__(self, state) -> None:  # a copy (deepcopy, pickle) draws from its own generator
         super().__setstate__(state)
         self._noise_key = noise.register(self)
+        self._reset_replay()
+
+    def _reset_replay(self) -> None:
+        self._logged: deque[Tensor] = deque(maxlen=REPLAY_CALLS)
+        self._replay: torch.Generator | None = None
+
+    def begin_call(self, device: torch.device) -> None:
+        """Start one call of the recursion (its T routing decisions): log the generator's state, or, when
+        checkpointing recomputes the call, replay the state its forward logged."""
+        if torch.compiler.is_compiling() or self.num_experts == 1 or not (self.training or self.routing == "random"):
+            return  # no draws to replay (under compile the draws are the graph's own ops)
+        if not recomputing():
+            self._replay = None
+            self._logged.append(self.generator(device).get_state())
+            return
+        if not self._logged:
+            raise RuntimeError(f"the RSR gate is recomputed by activation checkpointing after more than "
+                               f"{REPLAY_CALLS} forwards without a backward, so the routes of its forward are "
+                               "lost; backpropagate each forward before the next ones")
+        self._replay = torch.Generator(device=device)
+        self._replay.set_state(self._logged.pop())
 
     def manual_seed(self, seed: int) -> None:
         self.seed = seed
         self._generator = None
+        self._reset_replay()
 
     def get_rng_state(self) -> Tensor | None:
         return None if self._generator is None else self._generator.get_state()

@@ -105,6 +105,7 @@ class RecursiveSparseReasoning(nn.Module):
         """
         cfg = self.config
         steps_total = cfg.latent_steps
+        self.gate.begin_call(x.device)  # the same routes when activation checkpointing reruns this call
         context = self.gate.context(cond, steps_total, x.dtype)
         state, steps, losses, health = x, [], [], []
         vision = text = None
