@@ -152,6 +152,11 @@ CLAIMS = [
 ]
 
 
+# Knobs that change memory or speed but never a result (a test proves each), added after rows were cached: left
+# out of the key, so that adding one keeps the cache (step_checkpointing predates this and stays in it).
+RESULT_NEUTRAL = ("gradient_checkpointing",)
+
+
 def config_key(row: Row, budget: Budget) -> str:
     """Short hash of the row's resolved training config (preset + fields), so that a changed preset (for
     instance #19's recommendation) never reuses rows trained with the old one."""
@@ -159,6 +164,7 @@ def config_key(row: Row, budget: Budget) -> str:
         return "none"
     cfg = preset(row.preset, method=row.method, max_steps=budget.finetune_steps, batch_size=budget.batch_size,
                  **row.fields).to_dict()
+    cfg = {k: v for k, v in cfg.items() if k not in RESULT_NEUTRAL}
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

@@ -123,6 +123,17 @@ def test_config_key_follows_the_resolved_preset(monkeypatch):
     assert config_key(three, budget) == config_key(paper.resolved(), budget)
 
 
+def test_every_committed_row_is_found_under_todays_config_keys():
+    """A new knob in TrainConfig changes every config key, and the committed rows would be trained again:
+    result-neutral knobs go into ``RESULT_NEUTRAL`` instead."""
+    rows_dir = Path(__file__).resolve().parents[1] / "docs/results/compositional_rows"
+    expected = {reproduce_compositional.row_path(rows_dir, plan, 0, reproduce_compositional.DECISIVE).parent
+                for plan in DESIGN if plan.ready()}
+    design = next(iter(expected)).parent
+    committed = {folder for folder in design.iterdir() if folder.is_dir()}
+    assert committed and committed <= expected, sorted(p.name for p in committed - expected)
+
+
 def test_the_driver_runs_caches_and_resumes_rows_on_a_tiny_base(tmp_path, monkeypatch):
     _tiny_base(tmp_path)
     monkeypatch.setattr(reproduce_compositional, "BASE", str(tmp_path / "base"))

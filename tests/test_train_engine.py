@@ -72,6 +72,17 @@ def test_resume_gives_bit_identical_weights(dit_setup, tmp_path, schedule):
         assert any(not torch.equal(v, constant_weights[k]) for k, v in full_weights.items())
 
 
+def test_gradient_checkpointing_trains_the_same_weights(dit_setup, tmp_path):
+    """Block checkpointing (diffusers') reruns each block in backward; the gate replays its Gumbel draws, so
+    the losses and the trained weights are those of the plain run."""
+    pipe_dir, data_dir = dit_setup
+    plain, plain_weights = run(pipe_dir, data_dir, tmp_path / "plain", max_steps=3)
+    ckpt, ckpt_weights = run(pipe_dir, data_dir, tmp_path / "ckpt", max_steps=3, gradient_checkpointing=True)
+    assert ckpt.losses == plain.losses
+    for key, value in plain_weights.items():
+        assert torch.equal(value, ckpt_weights[key]), key
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dit_setup, tmp_path, monkeypatch):
     import thinkpix.train.loop as loop
 

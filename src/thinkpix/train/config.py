@@ -73,6 +73,10 @@ class TrainConfig:
                                 choices=MIXED_PRECISIONS)
     step_checkpointing: bool = knob(False, "Activation checkpointing across latent steps (less memory, more "
                                     "compute).", check=BOOLEAN)
+    gradient_checkpointing: bool = knob(False, "Activation checkpointing of the transformer's blocks (diffusers' "
+                                        "enable_gradient_checkpointing): less memory, one more forward of each "
+                                        "block in backward. The gate replays its routes, so the run is unchanged.",
+                                        check=BOOLEAN)
     fsdp: bool = knob(False, "Shard the transformer's blocks, gradients and optimizer state over the processes "
                       "(FSDP2, train/sharding.py; launch with accelerate launch --num_processes N).", check=BOOLEAN)
     ema_decay: float | None = knob(None, "EMA of the trained weights; the final weights are the EMA's.",

@@ -80,6 +80,8 @@ def _micro_seed(seed: int, micro_step: int, rank: int) -> int:
 def trainable_parameters(target: TrainTarget, cfg: TrainConfig) -> dict[str, torch.nn.Parameter]:
     """Install RSR (methods rsr/sft) or unfreeze everything (full); trainable parameters by name."""
     transformer = target.transformer
+    if cfg.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
     if cfg.method == "full":
         modules = {"transformer": transformer}
         if target.kind == "caption" and getattr(target.pipeline, "text_encoder", None) is not None:
