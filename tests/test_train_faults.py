@@ -281,3 +281,37 @@ def test_a_second_ctrl_c_interrupts_at_once_and_the_resume_command_replaces_resu
             "--resume_from_checkpoint", "latest", "--max-steps", "9"]
     assert resume_command(argv) == ("thinkpix finetune --output-dir runs/x --max-steps 9 "
                                     "--resume-from-checkpoint latest")
+    assert resume_command(argv, processes=2) == ("accelerate launch --num_processes 2 -m thinkpix.cli finetune "
+                                                 "--output-dir runs/x --max-steps 9 --resume-from-checkpoint latest")
+
+
+def test_ctrl_c_under_two_processes_stops_both_at_one_step_with_one_line(dit, tmp_path):
+    """Ctrl-C in a terminal reaches the launcher and both workers: every rank stops after the same step (the
+    flag is all-reduced), the checkpoint of that step is saved, and only the main rank prints the line, with
+    a resume command under ``accelerate launch``."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "thinkpix.cli", "finetune",
+           "--pretrained-model-name-or-path", str(dit[0]), "--train-data-dir", str(dit[1]), "--output-dir", str(out),
+           "--rank", "4", "--layers", "1", "--batch-size", "4", "--max-steps", "100000", "--checkpointing-steps",
+           "2", "--report-to", "none"]
+    with open(tmp_path / "stderr", "w") as stderr:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        try:
+            deadline = time.time() + 300
+            while not any((out / "checkpoints").glob("checkpoint-*")) and proc.poll() is None and (
+                    time.time() < deadline):
+                time.sleep(0.2)
+            os.killpg(proc.pid, signal.SIGINT)  # the terminal's foreground process group
+            proc.wait(timeout=180)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    text = (tmp_path / "stderr").read_text().replace("\r", "\n")
+    assert proc.returncode == 130, text[-3000:]
+    lines = [line[line.index("thinkpix finetune:"):] for line in text.splitlines() if "thinkpix finetune:" in line]
+    assert len(lines) == 1, text[-3000:]
+    assert "resume with: accelerate launch --num_processes 2 -m thinkpix.cli finetune" in lines[0]
+    saved = Path(lines[0].split("saved ")[1].split(";")[0])
+    assert (saved / "trainable.safetensors").is_file() and "Traceback" not in text

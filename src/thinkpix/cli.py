@@ -124,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         from .train.interrupt import interrupt_message
 
-        print(f"thinkpix {args.command}: {interrupt_message(err, argv)}", file=sys.stderr)
+        message = interrupt_message(err, argv)
+        if message is not None:
+            print(f"thinkpix {args.command}: {message}", file=sys.stderr)
         return 130
     except (ValueError, OSError, NotImplementedError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -14,10 +14,12 @@ from pathlib import Path
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped by Ctrl-C; ``checkpoint`` is what a resume continues from (None: nothing saved yet)."""
+    """Training stopped by Ctrl-C; ``checkpoint`` is what a resume continues from (None: nothing saved yet).
+    ``processes`` ran the step; every one raises this, and only the main one (``main``) reports it."""
 
-    def __init__(self, step: int, checkpoint: Path | None, saved: bool):
+    def __init__(self, step: int, checkpoint: Path | None, saved: bool, processes: int = 1, main: bool = True):
         self.step, self.checkpoint, self.saved = step, checkpoint, saved
+        self.processes, self.main = processes, main
         if checkpoint is None:
             where = "no checkpoint yet, a rerun starts from scratch"
         else:
@@ -59,9 +61,9 @@ class StopRequest:
         return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
-def resume_command(argv: list[str]) -> str:
+def resume_command(argv: list[str], processes: int = 1) -> str:
     """``argv`` (a training command) with ``--resume-from-checkpoint latest`` in place of any resume or
-    overwrite flag: the command that continues the run."""
+    overwrite flag: the command that continues the run (under ``accelerate launch`` for several processes)."""
     dropped, skip = [], False
     for arg in argv:
         if skip:
@@ -74,13 +76,18 @@ def resume_command(argv: list[str]) -> str:
         if name == "--overwrite-output-dir":
             continue
         dropped.append(arg)
-    return shlex.join(["thinkpix", *dropped, "--resume-from-checkpoint", "latest"])
+    launcher = ["thinkpix"] if processes == 1 else ["accelerate", "launch", "--num_processes", str(processes), "-m",
+                                                    "thinkpix.cli"]
+    return shlex.join([*launcher, *dropped, "--resume-from-checkpoint", "latest"])
 
 
-def interrupt_message(err: KeyboardInterrupt, argv: list[str]) -> str:
-    """The one line the CLI prints for Ctrl-C: where the run stopped and the command that resumes it."""
+def interrupt_message(err: KeyboardInterrupt, argv: list[str]) -> str | None:
+    """The one line the CLI prints for Ctrl-C: where the run stopped and the command that resumes it (None on
+    the other processes of a multi-process run, which stopped at the same step)."""
     if not isinstance(err, TrainingInterrupted):
         return "interrupted"
+    if not err.main:
+        return None
     if err.checkpoint is None:
         return str(err)
-    return f"{err}; resume with: {resume_command(argv)}"
+    return f"{err}; resume with: {resume_command(argv, err.processes)}"

@@ -306,7 +306,7 @@ class _Run:
                 if step % cfg.checkpointing_steps == 0 or step == cfg.max_steps or interrupted:
                     saved = self.save(step, loss.item())
                 if interrupted:
-                    raise TrainingInterrupted(step, saved, saved=True)
+                    raise TrainingInterrupted(step, saved, True, *self.processes())
                 # a sharded model samples on every process (its forward is collective); the main one writes
                 if validation and cfg.validation_steps and step % cfg.validation_steps == 0 and (
                         cfg.fsdp or accelerator.is_main_process):
@@ -316,10 +316,14 @@ class _Run:
             if isinstance(err, TrainingInterrupted):
                 raise
             newest = list_checkpoints(self.ckpt_dir)
-            raise TrainingInterrupted(step, newest[-1][1] if newest else None, saved=False) from None
+            raise TrainingInterrupted(step, newest[-1][1] if newest else None, False, *self.processes()) from None
         finally:
             bar.close()
         return self.finish(step, result)
+
+    def processes(self) -> tuple[int, bool]:
+        """(number of processes, whether this is the main one), for the interrupt's one line."""
+        return self.accelerator.num_processes, self.accelerator.is_main_process
 
     def log(self, step: int, loss, balance, lr: float) -> None:
         if not self.report_to:
