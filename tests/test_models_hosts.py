@@ -173,3 +173,24 @@ def test_a_host_spec_names_a_bad_kind_and_a_missing_prompt_encoder():
         replace(DIT, kind="text")
     with pytest.raises(ValueError, match="kind='caption' needs encode_prompts"):
         replace(SD3, encode_prompts=None)
+
+
+def test_a_processor_replaced_after_apply_rsr_is_an_error_not_a_silent_base(host):
+    """A processor set after ``apply_rsr`` (``set_processor``, ``set_attn_processor``) drops RSR from the
+    forward; anything that reads the installed layers (parameters, the saved state) says so, and ``remove_rsr``
+    still restores the base."""
+    from thinkpix.models.specs import host_spec
+
+    _, model, inputs = host
+    with torch.no_grad():
+        base = forward(model, inputs)
+    apply_rsr(model, RSRConfig(num_experts=2, latent_steps=2, rank=4, layers=(1,)))
+    site = host_spec(model).site(model, 1)
+    site.attention.set_processor(site.base_processor())
+    with pytest.raises(RuntimeError, match="block 1's attention processor was replaced after apply_rsr"):
+        rsr_parameters(model)
+    with pytest.raises(RuntimeError, match="remove_rsr"):
+        thinkpix.models.checkpoint.rsr_state_dict(model)  # what save_rsr writes
+    remove_rsr(model)
+    with torch.no_grad():
+        torch.testing.assert_close(forward(model, inputs), base)

@@ -131,7 +131,8 @@ def apply_rsr(transformer: nn.Module, config: RSRConfig) -> nn.Module:
                 raise NotImplementedError(
                     f"block {i} uses {type(attn.processor).__name__}; RSR replaces "
                     f"{site.base_processor.__name__} only "
-                    "(call transformer.set_default_attn_processor() or remove other adapters first)"
+                    f"(set it back with attn.set_processor({site.base_processor.__name__}()) or remove other "
+                    "adapters first)"
                 )
             if getattr(attn, "fused_projections", False):
                 raise NotImplementedError(f"block {i} has fused Q/K/V projections; RSR needs separate "
@@ -171,8 +172,18 @@ def remove_rsr(transformer: nn.Module) -> nn.Module:
 
 
 def rsr_layers(transformer: nn.Module) -> dict[int, RSRAttnProcessor]:
-    """The installed RSR processors by block index."""
-    return dict(_require_install(transformer).processors)
+    """The installed RSR processors by block index. Raises if one was replaced since ``apply_rsr``
+    (``set_processor``, ``set_attn_processor``, ``fuse_qkv_projections``): RSR would no longer
+    run there while its parameters still looked trained and saved."""
+    install = _require_install(transformer)
+    spec = host_spec(transformer)
+    for i, proc in install.processors.items():
+        current = spec.site(transformer, i).attention.processor
+        if current is not proc:
+            raise RuntimeError(f"block {i}'s attention processor was replaced after apply_rsr (now "
+                               f"{type(current).__name__}), so RSR no longer runs there: call "
+                               "thinkpix.remove_rsr, then apply_rsr or load_rsr again")
+    return dict(install.processors)
 
 
 def rsr_config(transformer: nn.Module) -> RSRConfig:
