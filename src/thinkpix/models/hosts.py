@@ -176,9 +176,10 @@ def rsr_layers(transformer: nn.Module) -> dict[int, RSRAttnProcessor]:
     (``set_processor``, ``set_attn_processor``, ``fuse_qkv_projections``): RSR would no longer
     run there while its parameters still looked trained and saved."""
     install = _require_install(transformer)
-    spec = host_spec(transformer)
+    model = getattr(transformer, "_orig_mod", transformer)  # torch.compile's wrapper reads through to it
+    spec = host_spec(model)
     for i, proc in install.processors.items():
-        current = spec.site(transformer, i).attention.processor
+        current = spec.site(model, i).attention.processor
         if current is not proc:
             raise RuntimeError(f"block {i}'s attention processor was replaced after apply_rsr (now "
                                f"{type(current).__name__}), so RSR no longer runs there: call "
