@@ -39,7 +39,8 @@ def two_steps(model, inputs) -> tuple[list[torch.Tensor], list[torch.Tensor], li
     return outputs, grads, states
 
 
-@pytest.mark.parametrize(("host", "routing"), [("sd3", "learned"), ("dit", "learned"), ("flux", "learned"),
+@pytest.mark.parametrize(("host", "routing"), [("sd3", "learned"), ("dit", "learned"),
+                                              pytest.param("flux", "learned", marks=pytest.mark.slow),
                                               ("sd3", "random")])
 def test_diffusers_gradient_checkpointing_replays_the_forward_routes(tmp_path, host, routing):
     plain = two_steps(*routed_model(tmp_path / "plain", host, routing))
