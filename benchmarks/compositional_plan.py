@@ -69,7 +69,7 @@ def print_plan(design: list, budget: Budget, protocol_name: str, held_out_images
                      f"{cost['seconds_per_image']:.2f} | {seconds / 60:.1f} | {seconds * plan.seeds / 3600:.2f} | "
                      f"{cost['load_average']:.1f} |")
     lines += ["", f"Total: {total / 3600:.1f} hours in one process; about {total / 7200:.1f} hours in two "
-              "(`--shard 0/2`, `--shard 1/2`) when each gets a core."]
+              "(the same command in two processes) when each gets a core."]
     print("\n".join(lines))
     (rows_dir / f"plan-{held_out_images}.md").write_text("\n".join(lines) + "\n")
     return 0

@@ -316,9 +316,9 @@ def write_report(context: dict, design: list, claims: list[Claim], results: dict
                  "Base, SFT and RSR (middle layer, seed 0) on the same held-out prompts and noise; each tile is "
                  "framed by the scorer's verdict.", ""]
     text += earlier_design(out.with_name("paper_tables_v1.md"))
-    text += ["## Reproducing a row", "", "Each row's cached numbers come back from (one process; add `--shard I/N` "
-             "to split; with `--verify` the command recomputes the cached jobs from nothing in a scratch folder and "
-             "compares every image's verdict with the cache):", "", "```bash"]
+    text += ["## Reproducing a row", "", "Each row's cached numbers come back from (one process; start the same "
+             "command in more processes to split the jobs; with `--verify` the command recomputes the cached jobs "
+             "from nothing in a scratch folder and compares every image's verdict with the cache):", "", "```bash"]
     text += [f"python -m benchmarks.reproduce_compositional --rows \"{plan.row.name}\" --seeds "
              + " ".join(str(s) for s in range(plan.seeds)) for plan in design]
     text += ["```", ""]

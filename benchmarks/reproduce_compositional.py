@@ -12,12 +12,12 @@ for every row and training seed, so rows compare image by image:
   distribution, which shows that fine-tuning changed the model.
 
 Every finished (row, seed) is one JSON under ``--rows-dir`` keyed by the base, the budget, the protocol and the
-row's resolved training config, so a rerun (also in a later session, or with the work split over processes)
-skips it::
+row's resolved training config, so a rerun (also in a later session) skips it. Processes share the job list:
+each takes the next job that is neither cached nor held by another running process (``shapes_rows.claimed``)::
 
     python -m benchmarks.reproduce_compositional --plan                  # measured cost and the run plan
-    nohup nice -n 10 python -m benchmarks.reproduce_compositional --ready-only --shard 0/2 > c0.log 2>&1 &
-    nohup nice -n 10 python -m benchmarks.reproduce_compositional --ready-only --shard 1/2 > c1.log 2>&1 &
+    nohup nice -n 10 python -m benchmarks.reproduce_compositional --ready-only > c0.log 2>&1 &   # as many
+    nohup nice -n 10 python -m benchmarks.reproduce_compositional --ready-only > c1.log 2>&1 &   # as there are cores
     python -m benchmarks.reproduce_compositional --report-only           # the table from the finished rows
     python -m benchmarks.reproduce_compositional --verify --rows base    # recompute cached rows, compare
 
@@ -43,6 +43,7 @@ from benchmarks.shapes_rows import (
     Row,
     Stopwatch,
     cached,
+    claimed,
     describe_base,
     finetuned,
     fingerprint,
@@ -169,15 +170,19 @@ def config_key(row: Row, budget: Budget) -> str:
 
 
 def jobs(design: list[Plan], seeds: list[int] | None, names: list[str] | None, ready_only: bool) -> list[tuple]:
-    """(plan, seed) in run order: seed by seed across the rows, so that an interrupted run is balanced."""
+    """(plan, seed) in run order: the rows of the central claims first, then the others; within each, seed by
+    seed across the rows, so that an interrupted run is balanced and the claims the acceptance rests on fill
+    first."""
+    most = max(p.seeds for p in design)
     order = []
-    for seed in range(max(p.seeds for p in design)):
-        for plan in design:
-            if seed >= plan.seeds or (seeds is not None and seed not in seeds):
-                continue
-            if (names and plan.row.name not in names) or (ready_only and not plan.ready()):
-                continue
-            order.append((plan, seed))
+    for tier in (True, False):
+        for seed in range(most):
+            for plan in design:
+                if (plan.seeds == most) != tier or seed >= plan.seeds or (seeds is not None and seed not in seeds):
+                    continue
+                if (names and plan.row.name not in names) or (ready_only and not plan.ready()):
+                    continue
+                order.append((plan, seed))
     return order
 
 
@@ -236,16 +241,24 @@ def run_row(plan: Plan, seed: int, budget: Budget, work: Path, data: Path) -> di
             "train_prompts": {**score_folder(train_prompts), **train_prompts_cost}}
 
 
+def job_lock(work: Path, path: Path) -> Path:
+    """The claim file of the job cached at ``path``, under ``work``."""
+    return work / "claims" / path.parent.name / f"{path.stem}.lock"
+
+
 def verify(todo: list[tuple], rows_dir: Path, scratch: Path, data: Path) -> int:
     """Recompute every cached (row, seed) of ``todo`` from nothing under ``scratch`` (train, sample, score) and
-    compare its per-image verdicts with the cache: 0 when every one is reproduced."""
+    compare its per-image verdicts with the cache: 0 when every one is reproduced. Like a run, several
+    processes can share the list."""
     differ = 0
-    shutil.rmtree(scratch, ignore_errors=True)  # nothing from an earlier verification is reused
     for plan, seed in todo:
         path = row_path(rows_dir, plan, seed, DECISIVE)
-        if not path.is_file():
-            continue
-        cached_row, fresh = json.loads(path.read_text()), run_row(plan, seed, DECISIVE, scratch, data)
+        with claimed(job_lock(scratch, path)) as mine:
+            if not mine or not path.is_file():
+                continue
+            # nothing from an earlier verification is reused
+            shutil.rmtree(scratch / training_folder(plan, DECISIVE) / f"seed{seed}", ignore_errors=True)
+            cached_row, fresh = json.loads(path.read_text()), run_row(plan, seed, DECISIVE, scratch, data)
         mismatched = {part: sum(a != b for a, b in zip(cached_row[part][key], fresh[part][key]))
                       for part, key in (("geneval", "verdicts"), ("train_prompts", "correct"))}
         differ += any(mismatched.values())
@@ -271,7 +284,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", nargs="+", default=None, help="only these row names")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="only these training seeds")
     parser.add_argument("--ready-only", action="store_true", help="skip rows that wait for a switch point")
-    parser.add_argument("--shard", default="0/1", help="I/N: run every N-th job starting at I (one per process)")
     parser.add_argument("--work", default="runs/compositional", help="data, adapters and samples of every row")
     parser.add_argument("--rows-dir", default="docs/results/compositional_rows")
     parser.add_argument("--out", default="docs/results/reproduction.md")
@@ -292,16 +304,17 @@ def main(argv: list[str] | None = None) -> int:
         images = args.plan_held_out_images or held_out_images()
         name = PROTOCOL if args.plan_held_out_images is None else f"{images} images"
         return print_plan(DESIGN, DECISIVE, name, images, work, rows_dir, BASE)
-    index, count = (int(x) for x in args.shard.split("/"))
     todo = jobs(DESIGN, args.seeds, args.rows, args.ready_only)
     data = make_dataset(work / "data", n=DECISIVE.train_images, seed=0, recipe="compositional")
     if args.verify:
-        return verify([job for number, job in enumerate(todo) if number % count == index], rows_dir,
-                      work / "verify", data)
-    for number, (plan, seed) in enumerate([] if args.report_only else todo):
-        if number % count != index or (path := row_path(rows_dir, plan, seed, DECISIVE)).is_file():
+        return verify(todo, rows_dir, work / "verify", data)
+    for plan, seed in [] if args.report_only else todo:
+        if (path := row_path(rows_dir, plan, seed, DECISIVE)).is_file():
             continue
-        cached(path, lambda p=plan, s=seed: run_row(p, s, DECISIVE, work, data))
+        with claimed(job_lock(work, path)) as mine:
+            if not mine or path.is_file():  # held by another process, or finished by one since the first look
+                continue
+            cached(path, lambda p=plan, s=seed: run_row(p, s, DECISIVE, work, data))
         print(f"[compositional] {plan.row.name} seed {seed}: done", flush=True)
     results: dict[str, list[dict]] = {}
     for plan, seed in jobs(DESIGN, None, None, True):

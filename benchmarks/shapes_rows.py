@@ -8,13 +8,15 @@ budget: retraining a base, changing its sampler or the budget never mixes old ro
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -102,6 +104,24 @@ def cached(path: Path, compute: Callable[[], dict]) -> dict:
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, path)
     return result
+
+
+@contextmanager
+def claimed(lock: Path) -> Iterator[bool]:
+    """Whether this process holds ``lock`` (an exclusive ``flock``) for the ``with`` block: False while another
+    running process holds it. The kernel drops a dead process's lock, so a killed run leaves no stale claim, and
+    any number of processes can share one job list, each taking the next job no other holds."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Stopwatch:

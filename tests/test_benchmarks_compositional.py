@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import compositional_report, finetune_pilot, reproduce_compositional  # noqa: E402
 from benchmarks.reproduce_compositional import DESIGN, Plan, config_key, jobs  # noqa: E402
-from benchmarks.shapes_rows import Budget, Row, finetuned  # noqa: E402
+from benchmarks.shapes_rows import Budget, Row, claimed, finetuned  # noqa: E402
 
 from thinkpix.shapes import ShapesTextToImagePipeline  # noqa: E402
 from thinkpix.shapes.dataset import make_dataset  # noqa: E402
@@ -95,11 +96,14 @@ def test_a_budget_ladder_resumed_equals_one_run(tmp_path):
     assert any(not torch.equal(after_two[k], once[k]) for k in once)  # the ladder really trained on
 
 
-def test_jobs_run_seed_by_seed_and_skip_rows_waiting_for_the_routing_preset(monkeypatch):
+def test_jobs_run_central_rows_first_seed_by_seed_and_skip_rows_waiting_for_the_routing_preset(monkeypatch):
     monkeypatch.setattr(reproduce_compositional, "RECOMMENDED_PRESET", None)
     everything = jobs(DESIGN, None, None, False)
     assert len(everything) == sum(p.seeds for p in DESIGN) == 45
-    assert [s for _, s in everything] == sorted(s for _, s in everything)  # seed-major: balanced when stopped
+    central = [job for job in everything if job[0].seeds == reproduce_compositional.CENTRAL]
+    assert everything[:len(central)] == central and len(central) == 7 * 5  # the acceptance's rows fill first
+    for group in (central, everything[len(central):]):
+        assert [s for _, s in group] == sorted(s for _, s in group)  # seed-major: balanced when stopped
     ready = jobs(DESIGN, None, None, True)
     assert {p.gate for p, _ in ready} == {None, "paper"} and len(ready) == 1 + 3 * 5 + 2 * 3
     assert [p.row.name for p, _ in ready].count("base") == 1
@@ -274,3 +278,23 @@ def test_claims_use_paired_per_image_verdicts_with_mde_and_holm():
     assert found["verdict"] == found["holm"] == "supported" and found["seeds"] == 3
     assert 100 * found["comparison"].mean > 20 and found["comparison"].mde > 0
     assert reverse["verdict"] == "contradicted" and missing["comparison"] is None
+
+
+def test_a_claim_is_held_by_one_process_and_dropped_when_it_dies(tmp_path):
+    lock = tmp_path / "claims" / "row" / "seed0.lock"
+    with claimed(lock) as first, claimed(lock) as second:
+        assert first and not second  # another open of the lock (as another process makes) is refused
+    with claimed(lock) as again:
+        assert again  # released at the end of the block
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(lock)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with claimed(lock) as mine:
+            assert not mine
+    finally:
+        holder.kill()
+        holder.wait()
+    with claimed(lock) as mine:
+        assert mine  # a killed run leaves no stale claim
