@@ -273,7 +273,8 @@ def earlier_design(path: Path) -> list[str]:
 
 def write_report(context: dict, design: list, claims: list[Claim], results: dict[str, list[dict]],
                  folders: dict[str, Path], out: Path) -> None:
-    """``context``: command, base, budget, protocol, held_out_images, finished, planned (strings and counts)."""
+    """``context``: command, base, budget, protocol, held_out_images, finished, planned (strings and counts),
+    budget_choice and verified (lines on the jobs recomputed from nothing)."""
     lines = claim_lines(claims, results)
     forest = forest_plot(lines, out.with_name("reproduction_forest.png"))
     grid = sample_grid(folders, results, out.with_name("reproduction_samples.png"))
@@ -296,6 +297,9 @@ def write_report(context: dict, design: list, claims: list[Claim], results: dict
             "- Statistics (`benchmarks/stats.py`): every difference is paired image by image; its 95% interval and "
             "minimum detectable effect (80% power) come from the crossed model over training seeds and prompts. "
             "Holm's correction is over the claims of the table below.",
+            "- Training seeds: the commands at the end list each row's; the five middle-layer rows of the central "
+            "claims get 8, chosen on the seed-to-seed spread of their differences alone (`finetune_task.md`, "
+            "\"Session 15\").",
             "- Not in this design: the DPG and class-conditional (Table 1) analogues on this fine-tuning design. "
             "The text-to-image rows alone fill several hours of two processes on the 2-core machine "
             "(`finetune_task.md`), so the budget does not allow them.", "",
@@ -322,5 +326,8 @@ def write_report(context: dict, design: list, claims: list[Claim], results: dict
     text += [f"python -m benchmarks.reproduce_compositional --rows \"{plan.row.name}\" --seeds "
              + " ".join(str(s) for s in range(plan.seeds)) for plan in design]
     text += ["```", ""]
+    if context.get("verified"):
+        text += ["Jobs recomputed from nothing with `--verify` (training, sampling and scoring; one CPU thread), "
+                 "compared image by image with the cache:", "", *context["verified"], ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(text) + "\n")

@@ -96,16 +96,21 @@ def test_a_budget_ladder_resumed_equals_one_run(tmp_path):
     assert any(not torch.equal(after_two[k], once[k]) for k in once)  # the ladder really trained on
 
 
-def test_jobs_run_central_rows_first_seed_by_seed_and_skip_rows_waiting_for_the_routing_preset(monkeypatch):
+def test_jobs_fill_central_rows_to_five_seeds_then_the_others_then_the_middle_rows_extra_seeds(monkeypatch):
     monkeypatch.setattr(reproduce_compositional, "RECOMMENDED_PRESET", None)
     everything = jobs(DESIGN, None, None, False)
-    assert len(everything) == sum(p.seeds for p in DESIGN) == 45
-    central = [job for job in everything if job[0].seeds == reproduce_compositional.CENTRAL]
-    assert everything[:len(central)] == central and len(central) == 7 * 5  # the acceptance's rows fill first
-    for group in (central, everything[len(central):]):
+    central, middle = reproduce_compositional.CENTRAL, reproduce_compositional.MIDDLE
+    assert len(everything) == sum(p.seeds for p in DESIGN) == 1 + 5 * middle + 2 * central + 3 * 3 == 60
+    first = [job for job in everything if job[0].seeds >= central and job[1] < central]
+    others = [job for job in everything if job[0].seeds < central]
+    extra = [job for job in everything if job[1] >= central]
+    assert everything == first + others + extra and len(first) == 7 * 5  # the acceptance's rows fill first
+    assert {p.row.name for p, _ in extra} == {p.row.name for p in DESIGN if "middle" in p.row.name
+                                              and p.seeds == middle} and len(extra) == 5 * 3
+    for group in (first, others, extra):
         assert [s for _, s in group] == sorted(s for _, s in group)  # seed-major: balanced when stopped
     ready = jobs(DESIGN, None, None, True)
-    assert {p.gate for p, _ in ready} == {None, "paper"} and len(ready) == 1 + 3 * 5 + 2 * 3
+    assert {p.gate for p, _ in ready} == {None, "paper"} and len(ready) == 1 + 2 * middle + central + 2 * 3
     assert [p.row.name for p, _ in ready].count("base") == 1
     waiting = next(p for p in DESIGN if p.gate == "recommended")
     with pytest.raises(ValueError, match="RECOMMENDED_PRESET"):
@@ -172,8 +177,15 @@ def test_the_driver_runs_caches_and_resumes_rows_on_a_tiny_base(tmp_path, monkey
     changed = json.loads(tampered.read_text())
     changed["geneval"]["verdicts"][0]["correct"] = not changed["geneval"]["verdicts"][0]["correct"]
     tampered.write_text(json.dumps(changed))
+    record = tampered.with_name("verified-seed0.json")
+    assert json.loads(record.read_text())["reproduced"]
     assert reproduce_compositional.main(sft_only) == 1
+    assert json.loads(record.read_text())["differing_images"] == {"geneval": 1, "train_prompts": 0}
     tampered.write_text(json.dumps(result))
+    assert reproduce_compositional.main(sft_only) == 0
+    assert reproduce_compositional.main([*args, "--report-only"]) == 0
+    assert "- SFT (middle), seed 0: all 172 held-out and 12 training-prompt verdicts reproduced" in (
+        tmp_path / "report.md").read_text()
     # another protocol: new result files, the trained adapters are re-scored, not trained again
     state = next((tmp_path / "work").rglob("sft-middle-*/seed0/train/checkpoints/checkpoint-2/state.json"))
     trained_at = state.stat().st_mtime_ns
