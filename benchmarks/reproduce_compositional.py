@@ -82,7 +82,7 @@ def sample_held_out(target, out: Path, steps: int) -> Path:
 # ----------------------------------------------------------------------------------------------------------
 
 
-BUDGET_CHOICE: str | None = (
+BUDGET_CHOICE = (
     "The budget rule of session 9 (`finetune_task.md`, `finetune_pilot.chosen_budget`) chose no budget on any of the "
     "four bases piloted. This budget is the one place where SFT measurably beats the base on training prompts, "
     "which is the issue's own condition: the 7000-step pairs base `shapes-t2i-objects-pairs` at 2000 steps, "

@@ -49,17 +49,21 @@ def test_the_base_pairs_with_every_seed_and_training_prompts_keep_the_four_tags(
 
 def test_claims_get_holm_verdicts_a_forest_plot_and_a_generated_answer(tmp_path):
     results = {"base": [_result(0, 0.3, steps=0)], "A": [_result(s, 0.7) for s in range(5)],
-               "B": [_result(s, 0.4) for s in range(5)], "C": [_result(s, 0.41) for s in range(5)]}
+               "B": [_result(s, 0.4) for s in range(5)], "C": [_result(s, 0.41) for s in range(5)],
+               "D": [_result(0, 0.9)]}
     claims = [Claim("A beats B", "t2i", "A", "B"), Claim("B beats C", "t2i", "B", "C"),
-              Claim("missing", "t2i", "A", "nowhere")]
+              Claim("missing", "t2i", "A", "nowhere"), Claim("D beats B", "t2i", "D", "B")]
     lines = report.claim_lines(claims, results)
     assert lines[0]["verdict"] == "supported" and lines[0]["holm"] == "supported" and lines[0]["seeds"] == 5
     assert lines[1]["verdict"] == "not resolved" and lines[2]["comparison"] is None
+    # one seed: a 50-point gap gets no verdict, since its interval has no seed-to-seed term
+    assert lines[3]["comparison"].mean > 0.4 and lines[3]["verdict"] == lines[3]["holm"] == report.ONE_SEED
     assert report.forest_plot(lines, tmp_path / "forest.png").stat().st_size > 0
-    said = "\n".join(report.answer(lines, results, finished=16, planned=45))
+    said = "\n".join(report.answer(lines, results, finished=16, planned=45, budget_choice="By a pilot."))
     assert "16 of 45" in said and "A beats B" in said and "**supported**" in said and "not run yet" in said
     mde = 100 * lines[1]["comparison"].mde
     assert f"an effect of {mde:.1f} points or more" in said
+    assert "- D beats B: " in said and "on one seed: **no verdict** until a second seed" in said
 
 
 def test_the_report_lists_a_command_for_every_row(tmp_path):
@@ -72,17 +76,35 @@ def test_the_report_lists_a_command_for_every_row(tmp_path):
     assert "| SFT (middle) | - | 2 |" in text and "| base | - | 1 |" in text
     for plan in DESIGN:
         assert f'--rows "{plan.row.name}" --seeds ' + " ".join(map(str, range(plan.seeds))) in text
-    assert "No fine-tuning budget is chosen" not in text and "the pilot that chose it" in text
+    assert "the pilot that chose it" in text
     assert "**How the budget was chosen.** Chosen on training prompts by a pilot." in text
     assert "fine-tunes `the-base` on the `compositional` recipe" in text
-    report.write_report({**context, "budget_choice": None}, DESIGN, [], results, {}, out)
-    assert "No fine-tuning budget is chosen" in out.read_text() and "chose no budget" in out.read_text()
     earlier = "# v1\n\n## Table 2\n\nrows\n\n## The paper's claims, paired by seed\n\n| claim | MDE |\n\n"
     (tmp_path / "paper_tables_v1.md").write_text(earlier + "## Rerunning one row\n\nnot quoted\n")
     report.write_report(context, DESIGN, [], results, {}, out)
     text = out.read_text()
     assert "### The paper's claims, paired by seed" in text and "| claim | MDE |" in text
     assert "not quoted" not in text and "## Table 2" not in text
+
+
+def test_the_answer_puts_every_rsr_row_against_lora_in_words_with_its_cost():
+    results = {"SFT (middle)": [_result(s, 0.4) for s in range(5)],
+               "RSR M=2, T=2 (middle)": [{**_result(s, 0.7), "gate": "recommended", "trainable_params": 60}
+                                         for s in range(5)],
+               "SFT (three layers)": [_result(s, 0.4) for s in range(2)],
+               "RSR M=2, T=2 (three layers), paper gate": [{**_result(s, 0.41), "gate": "paper"} for s in range(2)]}
+    table = "\n".join(report.versus_lora(results))
+    beats = next(line for line in table.splitlines() if line.startswith("| RSR M=2, T=2 (middle) |"))
+    assert "| recommended |" in beats and "| 5 | beats LoRA by 32.1 points |" in beats
+    assert beats.endswith("| 1.00x | 1.21x | 6.0x |")  # train CPU, sample CPU (1.7 s / 1.4 s), 60 / 10 params
+    unresolved = next(line for line in table.splitlines() if "three layers), paper gate" in line)
+    assert "| paper |" in unresolved and "not resolved yet; only a gain of" in unresolved
+    assert "(middle), paper gate" not in table  # a row not run yet has no line
+    assert report.versus_lora({"SFT (middle)": results["SFT (middle)"]}) == []
+    one = {"SFT (middle)": results["SFT (middle)"], "RSR M=2, T=2 (middle)": results["RSR M=2, T=2 (middle)"][:1]}
+    assert "| 1 | one seed so far: no verdict |" in "\n".join(report.versus_lora(one))
+    close = report.Comparison(0.001, 0.005, 30.0)
+    assert report.in_words(close, 5).startswith("no difference resolved; a gain of 1.4 points")
 
 
 def _sampled_folder(root: Path) -> Path:
