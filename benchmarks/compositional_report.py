@@ -23,6 +23,12 @@ from thinkpix.shapes.recipes import COMPOSITIONAL_TAGS
 TAGS = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
 GRID_ROWS = ["base", "SFT (middle)", "RSR M=2, T=2 (middle)"]
 GRID_IMAGES = 2  # images of each tag in the sample grid (first sample of evenly spread prompts)
+# Each RSR row against LoRA (SFT) at its placement: the question users ask first, with both gates.
+VERSUS_LORA = [("RSR M=2, T=2 (middle)", "SFT (middle)"), ("RSR M=2, T=2 (middle), paper gate", "SFT (middle)"),
+               ("RSR M=2, T=2 (three layers)", "SFT (three layers)"),
+               ("RSR M=2, T=2 (three layers), paper gate", "SFT (three layers)"),
+               ("RSR M=5, T=5 (three layers)", "SFT (three layers)")]
+ACCEPTED_MDE = 0.03  # the line: a claim left unresolved must still rule out effects of 3 points or more
 
 
 def held_out_verdicts(result: dict) -> list[dict]:
@@ -182,14 +188,17 @@ def forest_plot(lines: list[dict], path: Path) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(8, 0.55 * len(ran) + 1.2))
     for y, line in enumerate(reversed(ran)):
-        c = line["comparison"]
-        ax.errorbar(100 * c.mean, y, xerr=100 * c.half_width, fmt="o", color="black", capsize=3)
+        c, judged = line["comparison"], line["verdict"] != ONE_SEED
+        ax.errorbar(100 * c.mean, y, xerr=100 * c.half_width, fmt="o", capsize=3,
+                    color="black" if judged else "grey", mfc="black" if judged else "white")
         ax.plot([-100 * c.mde, 100 * c.mde], [y, y], "|", color="tab:red", markersize=12)
     ax.axvline(0, color="grey", lw=0.8)
-    ax.set_yticks(range(len(ran)), [f"{line['claim'].text} ({line['seeds']} seed{'s' * (line['seeds'] > 1)})"
-                                  for line in reversed(ran)],
+    for edge in (-100 * ACCEPTED_MDE, 100 * ACCEPTED_MDE):
+        ax.axvline(edge, color="grey", lw=0.8, ls=":")
+    ax.set_yticks(range(len(ran)), [f"{line['claim'].text} ({line['seeds']} seeds)" if line["verdict"] != ONE_SEED
+                                  else f"{line['claim'].text} (1 seed: no verdict)" for line in reversed(ran)],
                   fontsize=7)
-    ax.set_xlabel("paired difference, held-out overall (points); red ticks: +-MDE at 80% power")
+    ax.set_xlabel("paired difference, held-out overall (points)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -220,14 +229,6 @@ def sample_grid(folders: dict[str, Path], results: dict[str, list[dict]], path: 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(make_labelled_grid(np.stack(images), labels, ncols=len(chosen), marks=marks)).save(path)
     return path
-
-
-# Each RSR row against LoRA (SFT) at its placement: the question users ask first, with both gates.
-VERSUS_LORA = [("RSR M=2, T=2 (middle)", "SFT (middle)"), ("RSR M=2, T=2 (middle), paper gate", "SFT (middle)"),
-               ("RSR M=2, T=2 (three layers)", "SFT (three layers)"),
-               ("RSR M=2, T=2 (three layers), paper gate", "SFT (three layers)"),
-               ("RSR M=5, T=5 (three layers)", "SFT (three layers)")]
-ACCEPTED_MDE = 0.03  # the line: a claim left unresolved must still rule out effects of 3 points or more
 
 
 def in_words(comparison: Comparison, seeds: int) -> str:
@@ -346,7 +347,9 @@ def write_report(context: dict, design: list, claims: list[Claim], results: dict
             *cost_table(design, results), "", "## The claims", "", *claims_table(lines), ""]
     if forest:
         text += [f"![claims]({forest.name})", "",
-                 "Forest plot: paired difference and 95% interval per claim; the red ticks mark +-MDE.", ""]
+                 "Forest plot: paired difference and 95% interval per claim; the red ticks mark +-MDE (80% power), "
+                 "the dotted lines +-3 points (the MDE a claim left unresolved must reach); a hollow grey point has "
+                 "one seed and no verdict.", ""]
     if grid:
         text += [f"![samples]({grid.name})", "",
                  "Base, SFT and RSR (middle layer, seed 0) on the same held-out prompts and noise; each tile is "
