@@ -44,6 +44,7 @@ from benchmarks.shapes_rows import (
     Stopwatch,
     cached,
     claimed,
+    cpu_signature,
     describe_base,
     finetuned,
     fingerprint,
@@ -217,7 +218,8 @@ def run_row(plan: Plan, seed: int, budget: Budget, work: Path, data: Path) -> di
             seed_everything(seed)
             model, trained = finetuned(BASE, data, row, seed, budget.finetune_steps, budget.batch_size,
                                        out / "train", resume=True)
-            cached(out / "train" / "cost.json", lambda: trained)  # a re-scored adapter keeps its training's cost
+            # a re-scored adapter keeps its training's cost and the CPU that trained it
+            cached(out / "train" / "cost.json", lambda: {**trained, "cpu": cpu_signature()})
             loaded.append(model)
         return loaded[0]
 
@@ -255,6 +257,14 @@ def verification_path(path: Path) -> Path:
 IMAGE_SETS = {"geneval": "held-out", "train_prompts": "training-prompt"}
 
 
+def describe_cpu(signature: dict | None) -> str:
+    """A recorded :func:`cpu_signature` in words (rows before session 15 recorded none)."""
+    if not signature:
+        return "an unrecorded CPU"
+    overrides = ", ".join(f"{k}={v}" for k, v in signature.items() if k not in ("capability", "processor"))
+    return f"{signature['capability']} kernels" + (f" ({overrides})" if overrides else "")
+
+
 def verified(rows_dir: Path, todo: list[tuple]) -> list[str]:
     """One line per recorded verification of the jobs of ``todo``, for the report."""
     found = []
@@ -263,8 +273,11 @@ def verified(rows_dir: Path, todo: list[tuple]) -> list[str]:
         if record_path.is_file():
             record = json.loads(record_path.read_text())
             images = " and ".join(f"{n} {IMAGE_SETS[part]}" for part, n in record["images"].items())
+            differing = " and ".join(f"{n} {IMAGE_SETS[part]}" for part, n in record["differing_images"].items())
+            cpus = (f"recomputed on {describe_cpu(record.get('cpu'))}, "
+                    f"cached from {describe_cpu(record.get('cached_cpu'))}")
             found.append(f"- {plan.row.name}, seed {seed}: " + (f"all {images} verdicts reproduced" if
-                         record["reproduced"] else f"differs ({record['differing_images']} of {images} images)"))
+                         record["reproduced"] else f"differs in {differing} of {images} verdicts") + f" ({cpus})")
     return found
 
 
@@ -285,7 +298,8 @@ def verify(todo: list[tuple], rows_dir: Path, scratch: Path, data: Path) -> int:
         mismatched = {part: sum(a != b for a, b in zip(cached_row[part][key], fresh[part][key])) for part, key in parts}
         differ += any(mismatched.values())
         record = {"reproduced": not any(mismatched.values()), "differing_images": mismatched,
-                  "images": {part: len(cached_row[part][key]) for part, key in parts}}
+                  "images": {part: len(cached_row[part][key]) for part, key in parts},
+                  "cpu": fresh.get("cpu"), "cached_cpu": cached_row.get("cpu")}
         verification_path(path).write_text(json.dumps(record, indent=1) + "\n")
         said = "reproduced" if record["reproduced"] else f"DIFFERS ({mismatched} images)"
         print(f"[verify] {plan.row.name} seed {seed}: {said}", flush=True)

@@ -124,6 +124,22 @@ def claimed(lock: Path) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+# Variables that pick the vector instructions of torch's, MKL's and oneDNN's CPU kernels; set, they let one
+# machine reproduce a run made on a CPU with fewer instructions (AVX2 on an AVX-512 machine, say).
+ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
+
+
+def cpu_signature() -> dict:
+    """What decides a CPU run's floating-point bits besides the code: torch's kernel capability (AVX2, AVX-512,
+    ...), the processor and any variable above that overrides them. Runs with the same signature are bit for
+    bit the same; with another one they differ in the last bits, which a learned route's argmax can amplify into
+    another adapter (a router's flipped decision changes every later step)."""
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown") if Path("/proc/cpuinfo").is_file() else "unknown"
+    return {"capability": torch.backends.cpu.get_cpu_capability(), "processor": model,
+            **{name: os.environ[name] for name in ISA_VARIABLES if name in os.environ}}
+
+
 class Stopwatch:
     """Wall-clock and CPU seconds of a ``with`` block. With one torch thread the process's CPU time is the work
     done: unlike the wall clock it leaves out what other jobs on the shared cores take, and any pause."""

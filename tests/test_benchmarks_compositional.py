@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import compositional_report, finetune_pilot, reproduce_compositional  # noqa: E402
+from benchmarks import compositional_report, finetune_pilot, reproduce_compositional, shapes_rows  # noqa: E402
 from benchmarks.reproduce_compositional import DESIGN, Plan, config_key, jobs  # noqa: E402
 from benchmarks.shapes_rows import Budget, Row, claimed, finetuned  # noqa: E402
 
@@ -118,6 +118,17 @@ def test_jobs_fill_central_rows_to_five_seeds_then_the_others_then_the_middle_ro
     assert [s for _, s in jobs(DESIGN, [3], ["SFT (middle)"], False)] == [3]
 
 
+def test_the_cpu_signature_names_the_kernels_and_the_variables_that_override_them(monkeypatch):
+    for name in shapes_rows.ISA_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    plain = shapes_rows.cpu_signature()
+    assert plain["capability"] == torch.backends.cpu.get_cpu_capability() and set(plain) == {"capability", "processor"}
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    assert shapes_rows.cpu_signature()["MKL_ENABLE_INSTRUCTIONS"] == "AVX2"
+    assert reproduce_compositional.describe_cpu(shapes_rows.cpu_signature()).endswith("(MKL_ENABLE_INSTRUCTIONS=AVX2)")
+    assert reproduce_compositional.describe_cpu(None) == "an unrecorded CPU"
+
+
 def test_config_key_follows_the_resolved_preset(monkeypatch):
     budget = Budget(train_images=8, finetune_steps=10, batch_size=4)
     routed = replace(train_config.PRESETS["shapes"], gumbel_tau=1.0)
@@ -179,13 +190,15 @@ def test_the_driver_runs_caches_and_resumes_rows_on_a_tiny_base(tmp_path, monkey
     tampered.write_text(json.dumps(changed))
     record = tampered.with_name("verified-seed0.json")
     assert json.loads(record.read_text())["reproduced"]
+    cpu = torch.backends.cpu.get_cpu_capability()
+    assert json.loads(record.read_text())["cpu"]["capability"] == result["cpu"]["capability"] == cpu
     assert reproduce_compositional.main(sft_only) == 1
     assert json.loads(record.read_text())["differing_images"] == {"geneval": 1, "train_prompts": 0}
     tampered.write_text(json.dumps(result))
     assert reproduce_compositional.main(sft_only) == 0
     assert reproduce_compositional.main([*args, "--report-only"]) == 0
-    assert "- SFT (middle), seed 0: all 172 held-out and 12 training-prompt verdicts reproduced" in (
-        tmp_path / "report.md").read_text()
+    assert (f"- SFT (middle), seed 0: all 172 held-out and 12 training-prompt verdicts reproduced (recomputed on "
+            f"{cpu} kernels, cached from {cpu} kernels)") in (tmp_path / "report.md").read_text()
     # another protocol: new result files, the trained adapters are re-scored, not trained again
     state = next((tmp_path / "work").rglob("sft-middle-*/seed0/train/checkpoints/checkpoint-2/state.json"))
     trained_at = state.stat().st_mtime_ns
