@@ -250,8 +250,16 @@ def job_lock(work: Path, path: Path) -> Path:
 
 
 def verification_path(path: Path) -> Path:
-    """Where ``--verify`` records whether the job cached at ``path`` came back from nothing."""
+    """Where ``--verify`` records, one entry per verification, whether the job cached at ``path`` came back
+    from nothing."""
     return path.with_name(f"verified-{path.name}")
+
+
+def record_verification(path: Path, record: dict) -> None:
+    """Append ``record`` to the job's verifications: one on another CPU is kept beside the earlier ones."""
+    target = verification_path(path)
+    earlier = json.loads(target.read_text()) if target.is_file() else []
+    target.write_text(json.dumps([*earlier, record], indent=1) + "\n")
 
 
 IMAGE_SETS = {"geneval": "held-out", "train_prompts": "training-prompt"}
@@ -270,14 +278,14 @@ def verified(rows_dir: Path, todo: list[tuple]) -> list[str]:
     found = []
     for plan, seed in todo:
         record_path = verification_path(row_path(rows_dir, plan, seed, DECISIVE))
-        if record_path.is_file():
-            record = json.loads(record_path.read_text())
+        for record in json.loads(record_path.read_text()) if record_path.is_file() else []:
             images = " and ".join(f"{n} {IMAGE_SETS[part]}" for part, n in record["images"].items())
-            differing = " and ".join(f"{n} {IMAGE_SETS[part]}" for part, n in record["differing_images"].items())
+            differing = " and ".join(f"{record['differing_images'][part]} of {n} {IMAGE_SETS[part]}"
+                                     for part, n in record["images"].items())
             cpus = (f"recomputed on {describe_cpu(record.get('cpu'))}, "
                     f"cached from {describe_cpu(record.get('cached_cpu'))}")
             found.append(f"- {plan.row.name}, seed {seed}: " + (f"all {images} verdicts reproduced" if
-                         record["reproduced"] else f"differs in {differing} of {images} verdicts") + f" ({cpus})")
+                         record["reproduced"] else f"differs in {differing} verdicts") + f" ({cpus})")
     return found
 
 
@@ -300,7 +308,7 @@ def verify(todo: list[tuple], rows_dir: Path, scratch: Path, data: Path) -> int:
         record = {"reproduced": not any(mismatched.values()), "differing_images": mismatched,
                   "images": {part: len(cached_row[part][key]) for part, key in parts},
                   "cpu": fresh.get("cpu"), "cached_cpu": cached_row.get("cpu")}
-        verification_path(path).write_text(json.dumps(record, indent=1) + "\n")
+        record_verification(path, record)
         said = "reproduced" if record["reproduced"] else f"DIFFERS ({mismatched} images)"
         print(f"[verify] {plan.row.name} seed {seed}: {said}", flush=True)
     return 1 if differ else 0

@@ -189,16 +189,19 @@ def test_the_driver_runs_caches_and_resumes_rows_on_a_tiny_base(tmp_path, monkey
     changed["geneval"]["verdicts"][0]["correct"] = not changed["geneval"]["verdicts"][0]["correct"]
     tampered.write_text(json.dumps(changed))
     record = tampered.with_name("verified-seed0.json")
-    assert json.loads(record.read_text())["reproduced"]
+    assert json.loads(record.read_text())[-1]["reproduced"]
     cpu = torch.backends.cpu.get_cpu_capability()
-    assert json.loads(record.read_text())["cpu"]["capability"] == result["cpu"]["capability"] == cpu
+    assert json.loads(record.read_text())[-1]["cpu"]["capability"] == result["cpu"]["capability"] == cpu
     assert reproduce_compositional.main(sft_only) == 1
-    assert json.loads(record.read_text())["differing_images"] == {"geneval": 1, "train_prompts": 0}
+    assert json.loads(record.read_text())[-1]["differing_images"] == {"geneval": 1, "train_prompts": 0}
     tampered.write_text(json.dumps(result))
     assert reproduce_compositional.main(sft_only) == 0
     assert reproduce_compositional.main([*args, "--report-only"]) == 0
     assert (f"- SFT (middle), seed 0: all 172 held-out and 12 training-prompt verdicts reproduced (recomputed on "
             f"{cpu} kernels, cached from {cpu} kernels)") in (tmp_path / "report.md").read_text()
+    assert "- SFT (middle), seed 0: differs in 1 of 172 held-out and 0 of 12 training-prompt verdicts" in (
+        tmp_path / "report.md").read_text()  # every verification is kept
+    assert len(json.loads(record.read_text())) == 3
     # another protocol: new result files, the trained adapters are re-scored, not trained again
     state = next((tmp_path / "work").rglob("sft-middle-*/seed0/train/checkpoints/checkpoint-2/state.json"))
     trained_at = state.stat().st_mtime_ns
