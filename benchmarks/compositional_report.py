@@ -363,6 +363,10 @@ def write_report(context: dict, design: list, claims: list[Claim], results: dict
     text += ["```", ""]
     if context.get("verified"):
         text += ["Jobs recomputed from nothing with `--verify` (training, sampling and scoring; one CPU thread), "
-                 "compared image by image with the cache:", "", *context["verified"], ""]
+                 "compared image by image with the cache:", "", *context["verified"], "",
+                 "A job reproduces bit for bit on a CPU whose kernels use the same instructions. On another CPU the "
+                 "last bits differ, and a learned gate's argmax can turn that into another adapter: another draw "
+                 "of the same training seed, which the seed-to-seed spread already counts (`finetune_task.md`, "
+                 "\"Session 15: reproducing a job, and the CPU it ran on\").", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(text) + "\n")
