@@ -310,7 +310,8 @@ def earlier_design(path: Path) -> list[str]:
 def write_report(context: dict, design: list, claims: list[Claim], results: dict[str, list[dict]],
                  folders: dict[str, Path], out: Path) -> None:
     """``context``: command, base, budget, protocol, held_out_images, finished, planned (strings and counts),
-    budget_choice and verified (lines on the jobs recomputed from nothing)."""
+    budget_choice, verified (lines on the jobs recomputed from nothing) and rows_reproduced (a line on which rows
+    have a reproduced job)."""
     lines = claim_lines(claims, results)
     forest = forest_plot(lines, out.with_name("reproduction_forest.png"))
     grid = sample_grid(folders, results, out.with_name("reproduction_samples.png"))
@@ -364,9 +365,11 @@ def write_report(context: dict, design: list, claims: list[Claim], results: dict
     if context.get("verified"):
         text += ["Jobs recomputed from nothing with `--verify` (training, sampling and scoring; one CPU thread), "
                  "compared image by image with the cache:", "", *context["verified"], "",
-                 "A job reproduces bit for bit on a CPU whose kernels use the same instructions. On another CPU the "
-                 "last bits differ, and a learned gate's argmax can turn that into another adapter: another draw "
-                 "of the same training seed, which the seed-to-seed spread already counts (`finetune_task.md`, "
-                 "\"Session 15: reproducing a job, and the CPU it ran on\").", ""]
+                 context["rows_reproduced"], "",
+                 "A job reproduces bit for bit on a CPU of its own kind (the same processor and kernel "
+                 "instructions). On another CPU the last bits differ, and a learned gate's argmax can turn that "
+                 "into another adapter: another draw of the same training seed, which the seed-to-seed spread "
+                 "already counts (`finetune_task.md`, \"Session 15: reproducing a job, and the CPU it ran on\" "
+                 "and \"Session 16\").", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(text) + "\n")

@@ -270,7 +270,8 @@ def describe_cpu(signature: dict | None) -> str:
     if not signature:
         return "an unrecorded CPU"
     overrides = ", ".join(f"{k}={v}" for k, v in signature.items() if k not in ("capability", "processor"))
-    return f"{signature['capability']} kernels" + (f" ({overrides})" if overrides else "")
+    # MKL and oneDNN choose kernels by processor as well as by instruction set (finetune_task.md "Session 16")
+    return f"{signature['capability']} kernels on {signature['processor']}" + (f" ({overrides})" if overrides else "")
 
 
 def verified(rows_dir: Path, todo: list[tuple]) -> list[str]:
@@ -287,6 +288,17 @@ def verified(rows_dir: Path, todo: list[tuple]) -> list[str]:
             found.append(f"- {plan.row.name}, seed {seed}: " + (f"all {images} verdicts reproduced" if
                          record["reproduced"] else f"differs in {differing} verdicts") + f" ({cpus})")
     return found
+
+
+def rows_reproduced(rows_dir: Path, todo: list[tuple]) -> str:
+    """Which rows have at least one job recomputed from nothing verdict for verdict, and which not yet."""
+    done = {plan.row.name for plan, seed in todo
+            if (record := verification_path(row_path(rows_dir, plan, seed, DECISIVE))).is_file()
+            and any(r["reproduced"] for r in json.loads(record.read_text()))}
+    names = [plan.row.name for plan in DESIGN if any(p is plan for p, _ in todo)]
+    missing = [name for name in names if name not in done]
+    return (f"Rows with a job reproduced verdict for verdict: {len(names) - len(missing)} of {len(names)}"
+            + (f"; not yet: {', '.join(missing)}." if missing else "."))
 
 
 def verify(todo: list[tuple], rows_dir: Path, scratch: Path, data: Path) -> int:
@@ -322,7 +334,8 @@ def report(results: dict[str, list[dict]], work: Path, rows_dir: Path, out: Path
                "budget": str(DECISIVE),
                "protocol": PROTOCOL, "held_out_images": held_out_images(),
                "finished": sum(len(rows) for rows in results.values()), "planned": len(jobs(DESIGN, None, None, True)),
-               "budget_choice": BUDGET_CHOICE, "verified": verified(rows_dir, jobs(DESIGN, None, None, True))}
+               "budget_choice": BUDGET_CHOICE, "verified": verified(rows_dir, jobs(DESIGN, None, None, True)),
+               "rows_reproduced": rows_reproduced(rows_dir, jobs(DESIGN, None, None, True))}
     write_report(context, DESIGN, CLAIMS, results, folders, out)
 
 

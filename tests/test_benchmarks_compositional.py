@@ -127,6 +127,8 @@ def test_the_cpu_signature_names_the_kernels_and_the_variables_that_override_the
     assert shapes_rows.cpu_signature()["MKL_ENABLE_INSTRUCTIONS"] == "AVX2"
     assert reproduce_compositional.describe_cpu(shapes_rows.cpu_signature()).endswith("(MKL_ENABLE_INSTRUCTIONS=AVX2)")
     assert reproduce_compositional.describe_cpu(None) == "an unrecorded CPU"
+    assert reproduce_compositional.describe_cpu({"capability": "AVX2", "processor": "AMD EPYC"}) == (
+        "AVX2 kernels on AMD EPYC")
 
 
 def test_config_key_follows_the_resolved_preset(monkeypatch):
@@ -197,8 +199,12 @@ def test_the_driver_runs_caches_and_resumes_rows_on_a_tiny_base(tmp_path, monkey
     tampered.write_text(json.dumps(result))
     assert reproduce_compositional.main(sft_only) == 0
     assert reproduce_compositional.main([*args, "--report-only"]) == 0
+    kernels = f"{cpu} kernels on {result['cpu']['processor']}"
     assert (f"- SFT (middle), seed 0: all 172 held-out and 12 training-prompt verdicts reproduced (recomputed on "
-            f"{cpu} kernels, cached from {cpu} kernels)") in (tmp_path / "report.md").read_text()
+            f"{kernels}, cached from {kernels})") in (tmp_path / "report.md").read_text()
+    checked = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("Rows with"))
+    assert checked.startswith("Rows with a job reproduced verdict for verdict: 1 of ") and "not yet: base, " in checked
+    assert "SFT (middle)" not in checked
     assert "- SFT (middle), seed 0: differs in 1 of 172 held-out and 0 of 12 training-prompt verdicts" in (
         tmp_path / "report.md").read_text()  # every verification is kept
     assert len(json.loads(record.read_text())) == 3
