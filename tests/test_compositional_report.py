@@ -107,6 +107,26 @@ def test_the_answer_puts_every_rsr_row_against_lora_in_words_with_its_cost():
     assert report.in_words(close, 5).startswith("no difference resolved; a gain of 1.4 points")
 
 
+def test_the_headline_answers_from_the_holm_verdicts_against_lora_with_the_cost():
+    sft = [_result(s, 0.4) for s in range(5)]
+    rsr = [{**_result(s, 0.7), "trainable_params": 60} for s in range(5)]
+    claims = [Claim("RSR beats SFT (LoRA), middle layer", "t2i", "RSR (middle)", "SFT (middle)"),
+              Claim("RSR beats SFT (LoRA), three layers", "t2i", "RSR (three)", "SFT (three layers)"),
+              Claim("Recursion helps", "t2i", "RSR (middle)", "SFT-free row")]
+    results = {"SFT (middle)": sft, "RSR (middle)": rsr, "SFT (three layers)": sft, "RSR (three)": sft[::-1]}
+    said = report.headline(report.claim_lines(claims, results), results)[0]
+    assert said.startswith("**Does RSR (M=2, T=2, recommended gate) beat LoRA here? Yes.** On the middle layer it "
+                           "beats LoRA by 32.1 points (")
+    assert "; on three layers no difference is resolved (+0.00 ± 0.00 points, 5 seeds" in said
+    assert "It takes 1.00x SFT's training CPU time and 1.00-1.21x its sampling CPU time, with 1.00-6.00x" in said
+    results["RSR (middle)"] = [_result(s, 0.4) for s in range(5)][::-1]
+    assert "beat LoRA here? Not measurably.**" in report.headline(report.claim_lines(claims, results), results)[0]
+    results["SFT (middle)"] = rsr
+    said = report.headline(report.claim_lines(claims, results), results)[0]
+    assert "beat LoRA here? No: LoRA is better.** On the middle layer it trails LoRA by 32.1 points" in said
+    assert report.headline(report.claim_lines(claims[2:], results), results) == []
+
+
 def _sampled_folder(root: Path) -> Path:
     """A held-out GenEval folder of 32px images, one per (prompt, first sample), marked complete."""
     for prompt in range(len(TAGS) * PROMPTS):
