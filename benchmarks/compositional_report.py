@@ -1,9 +1,7 @@
 """The decisive reproduction's report: ``docs/results/reproduction.md`` from the cached rows of
-``benchmarks.reproduce_compositional`` (which calls :func:`write_report`; ``--report-only`` redraws it).
-
-Every comparison is paired image by image (the rows share prompts and noise) with the crossed seed x prompt
-model of ``benchmarks.stats``. A row without training randomness (the base) pairs with every seed of the other
-row: its images are the same whatever the seed.
+``benchmarks.reproduce_compositional`` (which calls :func:`write_report`; ``--report-only`` redraws it): the
+tables, the forest plot and the sample grid. The verdicts come from ``benchmarks.compositional_verdicts``, the
+answer at the top from ``benchmarks.compositional_answer``.
 """
 
 from __future__ import annotations
@@ -15,91 +13,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks.compositional_answer import answer
+from benchmarks.compositional_verdicts import (
+    ACCEPTED_MDE,
+    ONE_SEED,
+    claim_lines,
+    held_out_verdicts,
+    mean_of_recorded,
+    paired,
+    points,
+    sample_cpu_seconds,
+    train_cpu_seconds,
+    train_prompt_verdicts,
+)
 from benchmarks.reproduction_claims import Claim
-from benchmarks.stats import Comparison, compare_verdicts, holm, row_interval
+from benchmarks.stats import row_interval
 from thinkpix.images import make_labelled_grid
-from thinkpix.shapes.recipes import COMPOSITIONAL_TAGS
 
 TAGS = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
 GRID_ROWS = ["base", "SFT (middle)", "RSR M=2, T=2 (middle)"]
 GRID_IMAGES = 2  # images of each tag in the sample grid (first sample of evenly spread prompts)
-# Each RSR row against LoRA (SFT) at its placement: the question users ask first, with both gates.
-VERSUS_LORA = [("RSR M=2, T=2 (middle)", "SFT (middle)"), ("RSR M=2, T=2 (middle), paper gate", "SFT (middle)"),
-               ("RSR M=2, T=2 (three layers)", "SFT (three layers)"),
-               ("RSR M=2, T=2 (three layers), paper gate", "SFT (three layers)"),
-               ("RSR M=5, T=5 (three layers)", "SFT (three layers)")]
-ACCEPTED_MDE = 0.03  # the issue's line: a claim left unresolved must still rule out effects of 3 points or more
-
-
-def held_out_verdicts(result: dict) -> list[dict]:
-    return result["geneval"]["verdicts"]
-
-
-def train_prompt_verdicts(result: dict) -> list[dict]:
-    """The training-prompt images of the four compositional tags (the fine-tuning distribution) as verdict
-    dicts; the repeats of a prompt are its samples."""
-    found, index, seen = [], {}, {}
-    scored = result["train_prompts"]
-    for tag, prompt, correct in zip(scored["tags"], scored["prompts"], scored["correct"]):
-        if tag in COMPOSITIONAL_TAGS:
-            i = index.setdefault((tag, prompt), len(index))
-            seen[i] = seen.get(i, -1) + 1
-            found.append({"prompt_index": i, "sample_index": seen[i], "tag": tag, "correct": correct})
-    return found
-
-
-def untrained(rows: list[dict]) -> bool:
-    """One result with no training steps (the base): its images are the same whatever the seed."""
-    return len(rows) == 1 and not rows[0].get("train_steps")
-
-
-def by_seed(rows: list[dict], verdicts, seeds: list[int]) -> dict[int, list[dict]]:
-    if untrained(rows):
-        return {seed: verdicts(rows[0]) for seed in seeds}
-    return {r["seed"]: verdicts(r) for r in rows if r["seed"] in seeds}
-
-
-def paired(better: list[dict], worse: list[dict], verdicts=held_out_verdicts) -> tuple[Comparison, int] | None:
-    """``better`` minus ``worse`` on the seeds both have (against the base: every seed of the other row), and
-    how many seeds that is; None when there is nothing to pair."""
-    trained = [rows for rows in (better, worse) if rows and not untrained(rows)]
-    if not better or not worse or not trained:
-        return None
-    seeds = sorted(set.intersection(*({r["seed"] for r in rows} for rows in trained)))
-    if not seeds:
-        return None
-    return compare_verdicts(by_seed(better, verdicts, seeds), by_seed(worse, verdicts, seeds)), len(seeds)
-
-
-ONE_SEED = "no verdict: one seed"  # its interval has no seed-to-seed term, so it would understate the noise
-
-
-def verdict(comparison: Comparison, seeds: int) -> str:
-    if seeds < 2:
-        return ONE_SEED
-    low, high = comparison.mean - comparison.half_width, comparison.mean + comparison.half_width
-    return "supported" if low > 0 else "contradicted" if high < 0 else "not resolved"
-
-
-def claim_lines(claims: list[Claim], results: dict[str, list[dict]]) -> list[dict]:
-    """Per claim: the paired comparison (None when a row is missing), seeds, verdicts uncorrected and Holm's
-    (whose family is the claims with two seeds or more)."""
-    found = [paired(results.get(c.better, []), results.get(c.worse, [])) for c in claims]
-    rejected = holm([f[0].p_value if f and f[1] > 1 else math.nan for f in found])
-    lines = []
-    for claim, result, holm_rejects in zip(claims, found, rejected):
-        if result is None:
-            lines.append({"claim": claim, "comparison": None})
-            continue
-        comparison, seeds = result
-        said = verdict(comparison, seeds)
-        lines.append({"claim": claim, "comparison": comparison, "seeds": seeds, "verdict": said,
-                      "holm": said if holm_rejects or said == ONE_SEED else "not resolved"})
-    return lines
-
-
-def points(comparison: Comparison) -> str:
-    return f"{100 * comparison.mean:+.2f} ± {100 * comparison.half_width:.2f}"
 
 
 def held_out_table(design: list, results: dict[str, list[dict]]) -> list[str]:
@@ -114,25 +47,6 @@ def held_out_table(design: list, results: dict[str, list[dict]]) -> list[str]:
         lines.append(f"| {plan.row.name} | {plan.gate or '-'} | {len(rows)} | {100 * overall.mean:.1f} ± "
                      f"{100 * overall.half_width:.1f} | " + " | ".join(f"{t:.1f}" for t in tags) + " |")
     return lines
-
-
-def train_cpu_seconds(result: dict) -> float | None:
-    """CPU seconds of a (row, seed)'s whole training: per step as timed (a resumed run times only the steps it
-    ran) times its steps; None where it was recorded on the wall clock only (rows before session 12)."""
-    if not result["train_steps"]:
-        return 0.0
-    timed = result.get("train_steps_timed")
-    return result["train_cpu_seconds"] / timed * result["train_steps"] if timed else None
-
-
-def sample_cpu_seconds(result: dict) -> float | None:
-    return result["geneval"].get("sample_cpu_seconds")
-
-
-def mean_of_recorded(rows: list[dict], value) -> float:
-    """Mean over the seeds that recorded ``value`` (NaN when none did)."""
-    values = [v for v in map(value, rows) if v is not None]
-    return float(np.mean(values)) if values else math.nan
 
 
 def cost_table(design: list, results: dict[str, list[dict]]) -> list[str]:
@@ -229,105 +143,6 @@ def sample_grid(folders: dict[str, Path], results: dict[str, list[dict]], path: 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(make_labelled_grid(np.stack(images), labels, ncols=len(chosen), marks=marks)).save(path)
     return path
-
-
-def in_words(comparison: Comparison, seeds: int) -> str:
-    said = verdict(comparison, seeds)
-    if said == ONE_SEED:
-        return "one seed so far: no verdict"
-    if said == "supported":
-        return f"beats LoRA by {100 * comparison.mean:.1f} points"
-    if said == "contradicted":
-        return f"trails LoRA by {-100 * comparison.mean:.1f} points"
-    if comparison.mde <= ACCEPTED_MDE:
-        return f"no difference resolved; a gain of {100 * comparison.mde:.1f} points or more would have shown"
-    return f"not resolved yet; only a gain of {100 * comparison.mde:.1f} points or more would show"
-
-
-def cost_over(rsr: list[dict], sft: list[dict]) -> tuple[float, float, float]:
-    """RSR's training CPU, sampling CPU and trainable parameters as multiples of SFT's."""
-    train, sample = (mean_of_recorded(rsr, value) / mean_of_recorded(sft, value)
-                     for value in (train_cpu_seconds, sample_cpu_seconds))
-    return train, sample, rsr[0]["trainable_params"] / sft[0]["trainable_params"]
-
-
-def spread(ratios: list[float]) -> str:
-    return f"{ratios[0]:.2f}x" if len(ratios) == 1 else f"{ratios[0]:.2f}-{ratios[-1]:.2f}x"
-
-
-def headline(lines: list[dict], results: dict[str, list[dict]]) -> list[str]:
-    """The question users ask first, answered from the claims against LoRA (Holm-corrected verdicts): does RSR
-    beat it, by how much, where, and at what cost."""
-    found, costs = [], []
-    for line in lines:
-        claim, c = line["claim"], line.get("comparison")
-        if not claim.worse.startswith("SFT") or c is None or line["verdict"] == ONE_SEED:
-            continue
-        where = "on the middle layer" if "middle" in claim.worse else "on three layers"
-        low, high = 100 * (c.mean - c.half_width), 100 * (c.mean + c.half_width)
-        if line["holm"] in ("supported", "contradicted"):
-            said = f"{'beats' if line['holm'] == 'supported' else 'trails'} LoRA by {abs(100 * c.mean):.1f} points"
-            found.append((line["holm"], f"{where} it {said} ({low:+.1f} to {high:+.1f}, {line['seeds']} seeds)"))
-        else:
-            reach = "would have shown" if c.mde <= ACCEPTED_MDE else "would show; more seeds are planned"
-            found.append(("ruled out" if c.mde <= ACCEPTED_MDE else "open",
-                          f"{where} no difference is resolved ({points(c)} points, {line['seeds']} seeds; a gain "
-                          f"of {100 * c.mde:.1f} points or more {reach})"))
-        costs.append(cost_over(results[claim.better], results[claim.worse]))
-    if not found:
-        return []
-    kinds = {kind for kind, _ in found}
-    answer = ("It depends on the placement" if {"supported", "contradicted"} <= kinds else "Yes" if "supported" in
-              kinds else "No: LoRA is better" if "contradicted" in kinds else "Not resolved yet" if "open" in kinds
-              else "Not measurably")
-    train, sample, params = (spread(sorted({round(c[i], 2) for c in costs})) for i in range(3))
-    said = "; ".join(text for _, text in found)
-    return [f"**Does RSR (M=2, T=2, recommended gate) beat LoRA here? {answer}.** {said[0].upper()}{said[1:]}"
-            f". It takes {train} SFT's training CPU time and {sample} its sampling CPU time, with {params} its "
-            "trainable parameters. The paper gate and M=5, T=5 are in the table below, outside the claims.", ""]
-
-
-def versus_lora(results: dict[str, list[dict]]) -> list[str]:
-    """In short: every RSR row against SFT at its placement, in words, with what it costs over SFT."""
-    table = ["| RSR row | gate | vs SFT, held-out points | seeds | in words | train CPU vs SFT | sample CPU vs SFT | "
-             "params vs SFT |", "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
-    for rsr_name, sft_name in VERSUS_LORA:
-        rsr, sft = results.get(rsr_name, []), results.get(sft_name, [])
-        found = paired(rsr, sft)
-        if found is None:
-            continue
-        comparison, seeds = found
-        train, cpu, params = cost_over(rsr, sft)
-        table.append(f"| {rsr_name} | {rsr[0]['gate']} | {points(comparison)} | {seeds} | "
-                     f"{in_words(comparison, seeds)} | {train:.2f}x | {cpu:.2f}x | {params:.1f}x |")
-    if len(table) == 2:
-        return []
-    return ["**In short: RSR against LoRA (SFT) at the same placement**, paired image by image on the held-out "
-            "prompts. The recommended-gate lines at M=2, T=2 are the claims below; the other lines are "
-            "descriptive and outside Holm's family.", "", *table, ""]
-
-
-def answer(lines: list[dict], results: dict[str, list[dict]], finished: int, planned: int,
-           budget_choice: str) -> list[str]:
-    """The plain-language answer at the top, generated from the claims (never written by hand)."""
-    said = [f"**Status: {finished} of {planned} (row, seed) jobs finished.**" + (
-        " The run resumes from the committed cache; rows and verdicts below change as seeds are added."
-        if finished < planned else ""), "", *headline(lines, results), *versus_lora(results),
-        f"**How the budget was chosen.** {budget_choice}", ""]
-    for line in lines:
-        c = line["comparison"]
-        if c is None:
-            said.append(f"- {line['claim'].text}: not run yet.")
-            continue
-        if line["verdict"] == ONE_SEED:
-            said.append(f"- {line['claim'].text}: {points(c)} points on one seed: **no verdict** until a second "
-                        "seed measures the seed-to-seed spread.")
-            continue
-        reach = ("resolved" if line["verdict"] != "not resolved" else
-                 f"an effect of {100 * c.mde:.1f} points or more would have been seen with 80% power")
-        said.append(f"- {line['claim'].text}: {points(c)} points ({line['seeds']} seeds, MDE {100 * c.mde:.1f}): "
-                    f"**{line['verdict']}** uncorrected, **{line['holm']}** after Holm; {reach}.")
-    return said
 
 
 def earlier_design(path: Path) -> list[str]:

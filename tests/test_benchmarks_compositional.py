@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import compositional_report, finetune_pilot, reproduce_compositional, shapes_rows  # noqa: E402
+from benchmarks import compositional_verdicts, finetune_pilot, reproduce_compositional, shapes_rows  # noqa: E402
 from benchmarks.reproduce_compositional import DESIGN, Plan, config_key, jobs  # noqa: E402
 from benchmarks.shapes_rows import Budget, Row, claimed, finetuned  # noqa: E402
 
@@ -308,7 +308,7 @@ def test_claims_use_paired_per_image_verdicts_with_mde_and_holm():
     rows = {"a": row(0.4), "b": row(0.0)}
     claims = [Claim("a beats b", "t2i", "a", "b"), Claim("b beats a", "t2i", "b", "a"),
               Claim("missing", "t2i", "a", "c")]
-    found, reverse, missing = compositional_report.claim_lines(claims, rows)
+    found, reverse, missing = compositional_verdicts.claim_lines(claims, rows)
     assert found["verdict"] == found["holm"] == "supported" and found["seeds"] == 3
     assert 100 * found["comparison"].mean > 20 and found["comparison"].mde > 0
     assert reverse["verdict"] == "contradicted" and missing["comparison"] is None
