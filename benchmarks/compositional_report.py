@@ -223,9 +223,11 @@ def write_report(context: dict, design: list, claims: list[Claim], results: dict
                  "compared image by image with the cache:", "", *context["verified"], "",
                  context["rows_reproduced"], "",
                  "A job reproduces bit for bit on a CPU of its own kind (the same processor and kernel "
-                 "instructions). On another CPU the last bits differ, and a learned gate's argmax can turn that "
-                 "into another adapter: another draw of the same training seed, which the seed-to-seed spread "
-                 "already counts (`finetune_task.md`, \"Session 15: reproducing a job, and the CPU it ran on\" "
-                 "and \"Session 16\").", ""]
+                 "instructions). An AMD processor with AVX-512 also gives back the jobs of an AMD processor with "
+                 "AVX2 when the AVX2 kernels are forced (`ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 "
+                 "ONEDNN_MAX_CPU_ISA=AVX2`); an Intel processor does not. On another CPU the last bits differ, and "
+                 "a learned gate's argmax can turn that into another adapter: another draw of the same training "
+                 "seed, which the seed-to-seed spread already counts (`finetune_task.md`, \"Session 15: "
+                 "reproducing a job, and the CPU it ran on\", \"Session 16\" and \"Session 17\").", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(text) + "\n")
