@@ -269,9 +269,11 @@ def describe_cpu(signature: dict | None) -> str:
     """A recorded :func:`cpu_signature` in words (rows before session 15 recorded none)."""
     if not signature:
         return "an unrecorded CPU"
-    overrides = ", ".join(f"{k}={v}" for k, v in signature.items() if k not in ("capability", "processor"))
+    overrides = ", ".join(f"{k}={v}" for k, v in signature.items() if k not in ("capability", "processor", "machine"))
+    machine = f", an {signature['machine']} machine" if "machine" in signature else ""
     # MKL and oneDNN choose kernels by processor as well as by instruction set (finetune_task.md "Session 16")
-    return f"{signature['capability']} kernels on {signature['processor']}" + (f" ({overrides})" if overrides else "")
+    return (f"{signature['capability']} kernels on {signature['processor']}{machine}"
+            + (f" ({overrides})" if overrides else ""))
 
 
 def verified(rows_dir: Path, todo: list[tuple]) -> list[str]:

@@ -129,14 +129,24 @@ def claimed(lock: Path) -> Iterator[bool]:
 ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
 
 
+# The /proc/cpuinfo flags behind each of torch's kernel capabilities, widest first (torch's own test is in
+# aten/src/ATen/native/DispatchStub.cpp): what the machine could run, which a forced capability hides.
+CAPABILITY_FLAGS = {"AVX512": {"avx512f", "avx512bw", "avx512vl", "avx512dq"}, "AVX2": {"avx2", "fma"}}
+
+
 def cpu_signature() -> dict:
     """What decides a CPU run's floating-point bits besides the code: torch's kernel capability (AVX2, AVX-512,
-    ...), the processor and any variable above that overrides them. Runs with the same signature are bit for
-    bit the same; with another one they differ in the last bits, which a learned route's argmax can amplify into
-    another adapter (a router's flipped decision changes every later step)."""
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown") if Path("/proc/cpuinfo").is_file() else "unknown"
-    return {"capability": torch.backends.cpu.get_cpu_capability(), "processor": model,
+    ...), the processor and any variable above that overrides them; ``machine`` is the machine's own capability
+    where a variable forced a lower one. Runs with the same signature are bit for bit the same; with another one
+    they differ in the last bits, which a learned route's argmax can amplify into another adapter (a router's
+    flipped decision changes every later step)."""
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "unknown")
+    flags = set(next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), []))
+    capability = torch.backends.cpu.get_cpu_capability()
+    machine = next((name for name, needed in CAPABILITY_FLAGS.items() if needed <= flags), "DEFAULT")
+    return {"capability": capability, "processor": model,
+            **({"machine": machine} if info and machine != capability else {}),
             **{name: os.environ[name] for name in ISA_VARIABLES if name in os.environ}}
 
 

@@ -122,7 +122,14 @@ def test_the_cpu_signature_names_the_kernels_and_the_variables_that_override_the
     for name in shapes_rows.ISA_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     plain = shapes_rows.cpu_signature()
-    assert plain["capability"] == torch.backends.cpu.get_cpu_capability() and set(plain) == {"capability", "processor"}
+    assert plain["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert set(plain) - {"machine"} == {"capability", "processor"}  # machine: only where torch's differs
+    # a capability forced below the machine's (ATEN_CPU_CAPABILITY, read when torch starts) keeps the machine's
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    forced = shapes_rows.cpu_signature()
+    assert forced["machine"] in shapes_rows.CAPABILITY_FLAGS  # every x86-64 machine these tests run on has AVX2
+    assert reproduce_compositional.describe_cpu(forced) == f"DEFAULT kernels on {forced['processor']}, an " \
+        f"{forced['machine']} machine"
     monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
     assert shapes_rows.cpu_signature()["MKL_ENABLE_INSTRUCTIONS"] == "AVX2"
     assert reproduce_compositional.describe_cpu(shapes_rows.cpu_signature()).endswith("(MKL_ENABLE_INSTRUCTIONS=AVX2)")
