@@ -130,6 +130,21 @@ def test_the_headline_answers_from_the_holm_verdicts_against_lora_with_the_cost(
     assert answers.headline(verdicts.claim_lines(claims[2:], results), results) == []
 
 
+def test_the_headline_names_a_difference_outside_the_claims_as_a_lead_with_both_verdicts():
+    sft = [_result(s, 0.4) for s in range(5)]
+    claims = [Claim("RSR beats SFT (LoRA), three layers", "t2i", "RSR M=2, T=2 (three layers)", "SFT (three layers)")]
+    results = {"SFT (three layers)": sft, "RSR M=2, T=2 (three layers)": sft[::-1]}
+    lines = verdicts.claim_lines(claims, results)
+    assert answers.headline(lines, results)[0].endswith(
+        "The paper gate and M=5, T=5 (the table below, outside the claims) resolve no difference from LoRA.")
+    results["RSR M=2, T=2 (three layers), paper gate"] = [_result(s, 0.7) for s in range(3)]
+    results["RSR M=5, T=5 (three layers)"] = [_result(s, 0.4) for s in range(2)]  # no difference
+    said = answers.headline(lines, results)[0]
+    assert ("Outside the planned claims, RSR M=2, T=2 (three layers), paper gate beats LoRA by " in said
+            and "3 seeds, p = 0.001; still resolved after Holm over the 2 comparisons outside the claims): a lead "
+            "to test as a planned claim on fresh seeds, not a finding." in said and "M=5, T=5 (three" not in said)
+
+
 def _sampled_folder(root: Path) -> Path:
     """A held-out GenEval folder of 32px images, one per (prompt, first sample), marked complete."""
     for prompt in range(len(TAGS) * PROMPTS):
