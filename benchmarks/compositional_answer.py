@@ -85,18 +85,24 @@ def outside_the_claims(lines: list[dict], results: dict[str, list[dict]]) -> str
     found = [(rsr, found) for rsr, sft in VERSUS_LORA if (rsr, sft) not in claimed
              and (found := paired(results.get(rsr, []), results.get(sft, []))) and found[1] > 1]
     rejected = holm([comparison.p_value for _, (comparison, _) in found])
-    leads = []
+    leads, family = [], f"{len(found)} comparison{'s' if len(found) > 1 else ''} outside the claims"
     for (rsr, (c, seeds)), holm_rejects in zip(found, rejected):
         if verdict(c, seeds) != "not resolved":
             low, high = 100 * (c.mean - c.half_width), 100 * (c.mean + c.half_width)
             leads.append(f"{rsr} {'beats' if c.mean > 0 else 'trails'} LoRA by {abs(100 * c.mean):.1f} points "
                          f"({low:+.1f} to {high:+.1f}, {seeds} seeds, p = {c.p_value:.3f}; "
-                         f"{'still' if holm_rejects else 'not'} resolved after Holm over the {len(found)} "
-                         "comparisons outside the claims)")
+                         f"{'still' if holm_rejects else 'not'} resolved after Holm over the {family})"
+                         + against_the_base(results, rsr))
     if not leads:
         return "The paper gate and M=5, T=5 (the table below, outside the claims) resolve no difference from LoRA."
     return (f"Outside the planned claims, {'; '.join(leads)}: {'a lead' if len(leads) == 1 else 'leads'} to test "
             "as a planned claim on fresh seeds, not a finding.")
+
+
+def against_the_base(results: dict[str, list[dict]], name: str) -> str:
+    """A lead over LoRA may be RSR gaining or LoRA losing ground: the row's own paired difference from the base."""
+    found = paired(results.get(name, []), results.get("base", []))
+    return f" and {points(found[0])} points against the base" if found else ""
 
 
 def versus_lora(results: dict[str, list[dict]]) -> list[str]:

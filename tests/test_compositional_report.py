@@ -143,6 +143,9 @@ def test_the_headline_names_a_difference_outside_the_claims_as_a_lead_with_both_
     assert ("Outside the planned claims, RSR M=2, T=2 (three layers), paper gate beats LoRA by " in said
             and "3 seeds, p = 0.001; still resolved after Holm over the 2 comparisons outside the claims): a lead "
             "to test as a planned claim on fresh seeds, not a finding." in said and "M=5, T=5 (three" not in said)
+    results["base"] = [_result(0, 0.7, steps=0)]  # the lead is level with the base: LoRA lost ground, RSR did not gain
+    said = answers.headline(lines, results)[0]
+    assert "comparisons outside the claims) and " in said and " points against the base: a lead" in said
 
 
 def _sampled_folder(root: Path) -> Path:
