@@ -126,11 +126,13 @@ def versus_lora(results: dict[str, list[dict]]) -> list[str]:
 
 
 def answer(lines: list[dict], results: dict[str, list[dict]], finished: int, planned: int,
-           budget_choice: str) -> list[str]:
-    """The plain-language answer at the top, generated from the claims (never written by hand)."""
+           budget_choice: str, unfinished: str = "") -> list[str]:
+    """The plain-language answer at the top, generated from the claims (never written by hand); ``unfinished``
+    names the planned jobs not finished yet."""
     said = [f"**Status: {finished} of {planned} (row, seed) jobs finished.**" + (
-        " The run resumes from the committed cache; rows and verdicts below change as seeds are added."
-        if finished < planned else ""), "", *headline(lines, results), *versus_lora(results),
+        (f" Not finished yet: {unfinished}." if unfinished else "") + " The run resumes from the committed cache; "
+        "rows and verdicts below change as seeds are added." if finished < planned else ""), "",
+        *headline(lines, results), *versus_lora(results),
         f"**How the budget was chosen.** {budget_choice}", ""]
     for line in lines:
         c = line["comparison"]

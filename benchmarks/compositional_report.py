@@ -166,6 +166,7 @@ def earlier_design(path: Path) -> list[str]:
 def write_report(context: dict, design: list, claims: list[Claim], results: dict[str, list[dict]],
                  folders: dict[str, Path], out: Path) -> None:
     """``context``: command, base, budget, protocol, held_out_images, finished, planned (strings and counts),
+    unfinished (the jobs not finished yet, in words),
     budget_choice, verified (lines on the jobs recomputed from nothing) and rows_reproduced (a line on which rows
     have a reproduced job)."""
     lines = claim_lines(claims, results)
@@ -176,7 +177,8 @@ def write_report(context: dict, design: list, claims: list[Claim], results: dict
             "The paper-tables design of earlier sessions (fine-tuning on the bases' own pretraining distribution "
             "for 250 steps) stays reproducible under its own name: `paper_tables_v1.md`, "
             "`python -m benchmarks.reproduce_tables`.", "", "## The answer so far", "",
-            *answer(lines, results, context["finished"], context["planned"], context["budget_choice"]),
+            *answer(lines, results, context["finished"], context["planned"], context["budget_choice"],
+                    context.get("unfinished", "")),
             "",
             "## Design", "",
             f"- Fine-tuning: every row fine-tunes {context['base']} on the `compositional` recipe (training bindings "

@@ -292,6 +292,15 @@ def verified(rows_dir: Path, todo: list[tuple]) -> list[str]:
     return found
 
 
+def unfinished_jobs(rows_dir: Path, todo: list[tuple]) -> str:
+    """The jobs of ``todo`` with no cached result, row by row in the design's order: what a resumed run still
+    has to do."""
+    missing = {plan.row.name: sorted(seed for p, seed in todo if p is plan
+                                     and not row_path(rows_dir, plan, seed, DECISIVE).is_file()) for plan in DESIGN}
+    return "; ".join(f"{name}, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+                     for name, seeds in missing.items() if seeds)
+
+
 def rows_reproduced(rows_dir: Path, todo: list[tuple]) -> str:
     """Which rows have at least one job recomputed from nothing verdict for verdict, and which not yet."""
     done = {plan.row.name for plan, seed in todo
@@ -337,7 +346,8 @@ def report(results: dict[str, list[dict]], work: Path, rows_dir: Path, out: Path
                "protocol": PROTOCOL, "held_out_images": held_out_images(),
                "finished": sum(len(rows) for rows in results.values()), "planned": len(jobs(DESIGN, None, None, True)),
                "budget_choice": BUDGET_CHOICE, "verified": verified(rows_dir, jobs(DESIGN, None, None, True)),
-               "rows_reproduced": rows_reproduced(rows_dir, jobs(DESIGN, None, None, True))}
+               "rows_reproduced": rows_reproduced(rows_dir, jobs(DESIGN, None, None, True)),
+               "unfinished": unfinished_jobs(rows_dir, jobs(DESIGN, None, None, True))}
     write_report(context, DESIGN, CLAIMS, results, folders, out)
 
 

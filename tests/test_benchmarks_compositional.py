@@ -212,6 +212,9 @@ def test_the_driver_runs_caches_and_resumes_rows_on_a_tiny_base(tmp_path, monkey
     checked = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("Rows with"))
     assert checked.startswith("Rows with a job reproduced verdict for verdict: 1 of ") and "not yet: base, " in checked
     assert "SFT (middle)" not in checked
+    status = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("**Status"))
+    assert "Not finished yet: SFT (middle), seeds 1, 2, 3, 4, 5, 6, 7; SFT (three layers), seeds 0, 1, 2, 3, 4; " in (
+        status) and "base" not in status
     assert "- SFT (middle), seed 0: differs in 1 of 172 held-out and 0 of 12 training-prompt verdicts" in (
         tmp_path / "report.md").read_text()  # every verification is kept
     assert len(json.loads(record.read_text())) == 3
