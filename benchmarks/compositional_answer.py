@@ -82,8 +82,8 @@ def outside_the_claims(lines: list[dict], results: dict[str, list[dict]]) -> str
     """The comparisons against LoRA that are not claims (the paper gate, M=5, T=5): those that resolve a
     difference are named with both verdicts, Holm's over these comparisons alone, as leads rather than findings."""
     claimed = {(line["claim"].better, line["claim"].worse) for line in lines}
-    found = [(rsr, found) for rsr, sft in VERSUS_LORA if (rsr, sft) not in claimed
-             and (found := paired(results.get(rsr, []), results.get(sft, []))) and found[1] > 1]
+    found = [(rsr, pair) for rsr, sft in VERSUS_LORA if (rsr, sft) not in claimed
+             and (pair := paired(results.get(rsr, []), results.get(sft, []))) and pair[1] > 1]
     rejected = holm([comparison.p_value for _, (comparison, _) in found])
     leads, family = [], f"{len(found)} comparison{'s' if len(found) > 1 else ''} outside the claims"
     for (rsr, (c, seeds)), holm_rejects in zip(found, rejected):
